@@ -1,0 +1,29 @@
+#!/bin/sh
+# Installs what a fresh Debian 12 or Ubuntu 24.04 lacks to build, run and test kvgate.
+# Usage: tools/deps.sh [test]   ("test" also installs the Node packages the tests drive)
+# Quiet and quick when everything is already there: it asks dpkg first, apt-get only for what is missing.
+set -e
+PKGS="build-essential pkg-config libevent-dev libssl-dev libcjson-dev check node-llhttp
+      libonig-dev libutf8proc-dev libxxhash-dev openssl curl"
+[ "$1" = test ] && PKGS="$PKGS nodejs npm"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+# nodejs may come from elsewhere (nodesource, nvm): a working node and npm are enough.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+	missing=$(echo "$missing" | sed 's/ nodejs//; s/ npm//')
+fi
+if [ -n "$(echo $missing)" ]; then
+	echo "deps: installing$missing"
+	SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -q >/dev/null || true
+	$SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null
+fi
+if [ "$1" = test ] && [ ! -f tests/js/node_modules/.deps-ok ]; then
+	echo "deps: installing Node test packages into tests/js"
+	(cd tests/js && npm install --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null \
+		&& touch node_modules/.deps-ok)
+fi
+exit 0
