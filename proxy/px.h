@@ -1,0 +1,173 @@
+/* px.h: kvgate's shared types: the configuration, the server (one event loop), client connections
+ * and the request object that flows through the stages (STYLE.md rule 2). Module functions are
+ * declared in each module's own header. */
+#ifndef PX_H
+#define PX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "conf.h"
+#include "http.h"
+#include "metrics.h"
+
+struct event_base;
+struct event;
+struct evbuffer;
+struct bufferevent;
+struct evconnlistener;
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct cJSON cJSON;
+
+/* ---- configuration (proxy/conf.c holds the table) ---- */
+struct px_pool_conf {
+	char *name;
+	char **upstreams;               /* "host:port" */
+	size_t n_upstreams;
+	int64_t max_model_len;          /* tokens; 0 = read from the engine's /v1/models */
+};
+
+struct px_conf {
+	char *listen;                   /* TLS listener "host:port", "" = none */
+	char *listen_plain;             /* plain HTTP listener, "" = none */
+	char *tls_cert, *tls_key;       /* PEM files, re-read on SIGHUP */
+	char *access_log;               /* "-" stderr, "" off, else a file (reopened on SIGHUP) */
+	int64_t max_connections;
+	int64_t max_header_bytes;       /* URL + header bytes per request */
+	int64_t max_headers;            /* header lines per request */
+	int64_t max_body_bytes;
+	int64_t header_timeout_ms;      /* first byte of a request to its last byte */
+	int64_t idle_timeout_ms;        /* keep-alive connection with no request */
+	int64_t upstream_connect_timeout_ms;
+	int64_t upstream_first_byte_timeout_ms;
+	int64_t upstream_keepalive;     /* idle pooled connections kept per upstream */
+	int64_t stream_buffer_bytes;    /* client output above this: stop reading the upstream */
+	int64_t shutdown_timeout_ms;    /* SIGTERM: how long in-flight requests may take */
+	struct px_pool_conf *pools;
+	size_t n_pools;
+};
+
+/* ---- upstreams (proxy/upstream.c) ---- */
+struct px_upconn;
+
+struct px_upstream {
+	char *addr;                     /* "host:port" as configured */
+	struct sockaddr_storage sa;
+	int salen;
+	struct px_pool *pool;
+	int in_flight;                  /* requests on it now */
+	int healthy;                    /* 0 after a failed connect, until retry_at passes or a success */
+	int64_t retry_at_us;
+	struct px_upconn *idle;         /* pooled keep-alive connections, most recent first */
+	int n_idle;
+	struct sh_series *m_healthy;
+};
+
+struct px_pool {
+	char *name;
+	struct px_upstream *ups;
+	size_t n_ups;
+	size_t rr;                      /* round-robin cursor for ties */
+	int64_t max_model_len;
+	struct px_server *srv;
+};
+
+/* ---- metrics (proxy/metrics.c) ---- */
+struct px_metrics {
+	struct sh_metrics reg;
+	struct sh_metric *requests, *ttfb, *duration, *bytes, *up_healthy;
+	struct sh_series *in_flight, *conns_open, *conns_total, *tls_ok, *tls_fail;
+	struct sh_series *bytes_to_client, *bytes_to_upstream, *ttfb_all, *duration_all;
+	struct sh_series *retries, *upstream_errors;
+};
+
+/* ---- the server: one event loop ---- */
+struct px_conn;
+
+struct px_server {
+	struct event_base *base;
+	struct px_conf conf;
+	const char *conf_path;
+	SSL_CTX *ssl_ctx;               /* swapped on SIGHUP; open connections keep the old one */
+	struct evconnlistener *lis_tls, *lis_plain;
+	struct px_pool *pools;
+	size_t n_pools;
+	struct px_metrics met;
+	void *access_log;               /* FILE *, NULL when off */
+	struct px_conn *conns;          /* every open connection (for drain) */
+	int n_conns;
+	struct px_conn *dead;           /* closed, freed by free_ev outside their callbacks */
+	struct px_upconn *dead_up;
+	struct event *free_ev;
+	struct event *sig_hup, *sig_term, *sig_int, *drain_timer;
+	int draining;
+	uint64_t next_rid;
+};
+
+/* ---- request and connection (proxy/conn.c, proxy/req.c) ---- */
+enum px_route {
+	PX_ROUTE_OTHER,                 /* some other path under /v1/: forwarded as is */
+	PX_ROUTE_CHAT,                  /* POST /v1/chat/completions */
+	PX_ROUTE_COMPLETIONS,           /* POST /v1/completions, /v1/beta/completions */
+	PX_ROUTE_RESPONSES,             /* POST /v1/responses */
+	PX_ROUTE_EMBEDDINGS,            /* POST /v1/embeddings */
+	PX_ROUTE_MODELS,                /* GET /v1/models[/id] */
+	PX_ROUTE_HEALTH,                /* GET /health */
+	PX_ROUTE_METRICS,               /* GET /metrics */
+	PX_ROUTE_NOT_FOUND,
+	PX_ROUTE__COUNT
+};
+
+/* What a stage returns: NEXT (go on), DONE (it answered), AGAIN (waiting on I/O; it will call
+ * px_req_resume), or an HTTP status >= 400 with req->err_* set. */
+enum { PX_NEXT = 0, PX_DONE = 1, PX_AGAIN = 2 };
+
+struct px_cleanup {
+	void (*fn)(void *arg);
+	void *arg;
+	struct px_cleanup *next;
+};
+
+enum px_req_state { PX_REQ_READING, PX_REQ_RUNNING, PX_REQ_DONE };
+
+struct px_req {
+	struct px_conn *conn;
+	struct sh_http_msg *msg;        /* the connection's parser: headers valid until finish */
+	enum px_req_state state;
+	enum px_route route;
+	int method;                     /* llhttp_method_t */
+	struct evbuffer *body;          /* request body, bounded by max_body_bytes */
+	cJSON *json;                    /* parsed body for the routes kvgate reads, else NULL */
+	int stream;                     /* the body's "stream" is true */
+	char rid[65];                   /* x-request-id */
+	size_t stage;                   /* index of the stage to run next */
+	int status;                     /* status sent to the client (0 until sent) */
+	const char *err_msg, *err_code, *err_param;
+	char err_buf[256];              /* err_msg may point here */
+	int64_t t_start_us, t_ttfb_us, t_end_us;
+	uint64_t bytes_out;             /* response body bytes to the client */
+	struct px_pool *pool;
+	struct px_upstream *up;         /* the upstream of the current attempt */
+	struct px_upconn *uc;
+	int attempts;                   /* upstream instances tried */
+	unsigned head_sent:1, chunked:1, sse:1, client_gone:1, stale_retried:1;
+	char tail[2];                   /* last two body bytes sent: SSE event boundary check */
+	struct px_cleanup *cleanups;
+};
+
+struct px_conn {
+	struct px_server *srv;
+	struct bufferevent *bev;
+	int tls;
+	char peer[64];                  /* client address for logs and X-Forwarded-For */
+	struct sh_http_msg msg;
+	struct px_req *req;             /* the request being read or answered (one at a time) */
+	struct event *timer;            /* header or idle timeout */
+	int64_t t_accept_us;
+	unsigned dead:1, close_after:1, in_parse:1, over_cap:1, handshaken:1, up_paused:1;
+	struct px_conn *prev, *next;    /* srv->conns */
+	struct px_conn *next_dead;
+};
+
+#endif

@@ -1,0 +1,14 @@
+/* pxconf.h: kvgate's configuration table (rows documented in conf/kvgate.conf.md). */
+#ifndef PX_PXCONF_H
+#define PX_PXCONF_H
+
+#include <stdio.h>
+
+#include "px.h"
+
+/* Load path into c (defaults first). On failure the reason is in err and c is released. */
+int px_conf_load(struct px_conf *c, const char *path, struct sh_err *err);
+void px_conf_release(struct px_conf *c);
+void px_conf_doc(FILE *out);
+
+#endif

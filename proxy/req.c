@@ -1,0 +1,370 @@
+/* req.c: the request object, its stage table and the local answers (see req.h).
+ *
+ * Stages, in order (a new stage is one function and one row):
+ *   check    route and method, request id, JSON body for the routes kvgate reads
+ *   local    /health and /metrics, answered here
+ *   forward  to an engine of the pool (proxy/forward.c)
+ */
+#include "req.h"
+
+#include <cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "conn.h"
+#include "forward.h"
+#include "pxlog.h"
+#include "pxmetrics.h"
+#include "upstream.h"
+
+static const char *route_names[PX_ROUTE__COUNT] = {
+	[PX_ROUTE_OTHER] = "other",
+	[PX_ROUTE_CHAT] = "chat",
+	[PX_ROUTE_COMPLETIONS] = "completions",
+	[PX_ROUTE_RESPONSES] = "responses",
+	[PX_ROUTE_EMBEDDINGS] = "embeddings",
+	[PX_ROUTE_MODELS] = "models",
+	[PX_ROUTE_HEALTH] = "health",
+	[PX_ROUTE_METRICS] = "metrics",
+	[PX_ROUTE_NOT_FOUND] = "not_found",
+};
+
+const char *px_route_name(enum px_route route)
+{
+	return route_names[route];
+}
+
+/* Known paths, their route and the one method they take (-1: forwarded with any method). */
+static const struct {
+	const char *path;
+	int prefix;  /* path is a prefix ("/v1/models/" + id) */
+	enum px_route route;
+	int method;
+} routes[] = {
+	{ "/v1/chat/completions", 0, PX_ROUTE_CHAT, HTTP_POST },
+	{ "/v1/completions", 0, PX_ROUTE_COMPLETIONS, HTTP_POST },
+	{ "/v1/beta/completions", 0, PX_ROUTE_COMPLETIONS, HTTP_POST },
+	{ "/v1/responses", 0, PX_ROUTE_RESPONSES, HTTP_POST },
+	{ "/v1/embeddings", 0, PX_ROUTE_EMBEDDINGS, HTTP_POST },
+	{ "/v1/models", 0, PX_ROUTE_MODELS, HTTP_GET },
+	{ "/v1/models/", 1, PX_ROUTE_MODELS, HTTP_GET },
+	{ "/health", 0, PX_ROUTE_HEALTH, HTTP_GET },
+	{ "/metrics", 0, PX_ROUTE_METRICS, HTTP_GET },
+	{ "/v1/", 1, PX_ROUTE_OTHER, -1 },
+};
+
+static int route_of(const char *url, int *method)
+{
+	size_t plen = strcspn(url, "?");
+	size_t i, n;
+
+	for (i = 0; i < SH_ARRAY_LEN(routes); i++) {
+		n = strlen(routes[i].path);
+		if (routes[i].prefix ? (plen > n && strncmp(url, routes[i].path, n) == 0)
+				     : (plen == n && strncmp(url, routes[i].path, n) == 0)) {
+			*method = routes[i].method;
+			return routes[i].route;
+		}
+	}
+	*method = -1;
+	return PX_ROUTE_NOT_FOUND;
+}
+
+/* ---- request ids ---- */
+
+static int rid_ok(const char *s, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || n > 64)
+		return 0;
+	for (i = 0; i < n; i++) {
+		char ch = s[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      ch == '-' || ch == '_' || ch == '.'))
+			return 0;
+	}
+	return 1;
+}
+
+static void rid_make(struct px_req *r)
+{
+	struct px_server *srv = r->conn->srv;
+	uint64_t x = srv->next_rid++ * 0x9E3779B97F4A7C15ULL;
+
+	/* splitmix64 of a counter seeded at start from the OS: unique per process, unguessable enough
+	 * for a correlation id (it grants nothing). */
+	x ^= x >> 30;
+	x *= 0xBF58476D1CE4E5B9ULL;
+	x ^= x >> 27;
+	x *= 0x94D049BB133111EBULL;
+	x ^= x >> 31;
+	snprintf(r->rid, sizeof(r->rid), "%016llx", (unsigned long long)x);
+}
+
+/* ---- lifecycle ---- */
+
+struct px_req *px_req_new(struct px_conn *c)
+{
+	struct px_req *r = sh_calloc(1, sizeof(*r));
+
+	r->conn = c;
+	r->msg = &c->msg;
+	r->body = evbuffer_new();
+	r->t_start_us = sh_now_us();
+	r->state = PX_REQ_READING;
+	return r;
+}
+
+int px_req_headers(struct px_req *r)
+{
+	struct sh_http_msg *m = r->msg;
+	const char *rid;
+	size_t n;
+	int method;
+
+	r->method = sh_http_method(m);
+	r->route = route_of(sh_http_url(m), &method);
+	rid = sh_http_header(m, "x-request-id", &n);
+	if (rid && rid_ok(rid, n))
+		memcpy(r->rid, rid, n + 1);
+	else
+		rid_make(r);
+	/* Expect: 100-continue: the body is welcome (its size was checked against the cap before
+	 * this callback); say so, so the client sends it. */
+	if (sh_http_header_is(m, "expect", "100-continue") && sh_http_version_minor(m) >= 1)
+		bufferevent_write(r->conn->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+	return 0;
+}
+
+void px_req_cleanup_add(struct px_req *r, void (*fn)(void *), void *arg)
+{
+	struct px_cleanup *cl = sh_malloc(sizeof(*cl));
+
+	cl->fn = fn;
+	cl->arg = arg;
+	cl->next = r->cleanups;
+	r->cleanups = cl;
+}
+
+static void req_free(struct px_req *r)
+{
+	struct px_cleanup *cl;
+
+	while ((cl = r->cleanups)) {
+		r->cleanups = cl->next;
+		cl->fn(cl->arg);
+		free(cl);
+	}
+	if (r->uc)
+		px_upconn_abort(r->uc);
+	if (r->json)
+		cJSON_Delete(r->json);
+	evbuffer_free(r->body);
+	free(r);
+}
+
+static void req_account(struct px_req *r)
+{
+	struct px_server *srv = r->conn->srv;
+
+	r->t_end_us = sh_now_us();
+	if (r->state == PX_REQ_RUNNING)
+		sh_series_add(srv->met.in_flight, -1);
+	r->state = PX_REQ_DONE;
+	px_metrics_request(&srv->met, r);
+	px_log_access(srv, r);
+}
+
+void px_req_finish(struct px_req *r, int keep)
+{
+	struct px_conn *c = r->conn;
+
+	req_account(r);
+	c->req = NULL;
+	req_free(r);
+	if (!keep) {
+		px_conn_close_after_write(c);
+		return;
+	}
+	px_conn_next(c);
+}
+
+void px_req_abort(struct px_req *r)
+{
+	struct px_conn *c = r->conn;
+
+	r->client_gone = 1;
+	if (!r->status)
+		r->status = 499;  /* nginx's "client closed request", for logs and metrics */
+	if (r->state != PX_REQ_READING || c->msg.state != SH_HTTP_IDLE)
+		req_account(r);
+	c->req = NULL;
+	req_free(r);
+}
+
+/* ---- answers ---- */
+
+void px_req_reply(struct px_req *r, int status, const char *ctype, const char *body, size_t len,
+		  const char *extra)
+{
+	struct px_conn *c = r->conn;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	int keep = !c->close_after && r->state != PX_REQ_READING && sh_http_keep_alive(&c->msg) &&
+		   !c->srv->draining;
+
+	/* An answer before the request was read whole (an error while reading): the rest of the
+	 * request is unread, so the connection cannot be reused. */
+	r->status = status;
+	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			    "x-request-id: %s\r\n%s%s\r\n",
+			    status, sh_http_reason(status), ctype, len, r->rid[0] ? r->rid : "-",
+			    extra ? extra : "", keep ? "" : "Connection: close\r\n");
+	if (r->method != HTTP_HEAD)
+		evbuffer_add(out, body, len);
+	r->bytes_out = len;
+	px_req_finish(r, keep);
+}
+
+void px_req_error(struct px_req *r, int status, const char *message, const char *code, const char *param)
+{
+	char *body = sh_http_error_json(message, sh_http_error_type(status), param, code);
+	char extra[64] = "";
+
+	r->err_msg = message;
+	if (status == 503 || status == 429)
+		snprintf(extra, sizeof(extra), "Retry-After: 1\r\n");
+	if (status == 405) {
+		int method;
+		route_of(sh_http_url(r->msg), &method);
+		snprintf(extra, sizeof(extra), "Allow: %s\r\n", method >= 0 ? llhttp_method_name(method) : "GET");
+	}
+	px_req_reply(r, status, "application/json", body, strlen(body), extra);
+	free(body);
+}
+
+void px_req_parse_error(struct px_conn *c)
+{
+	struct px_req *r = c->req;
+	int status = c->msg.err_status ? c->msg.err_status : 400;
+
+	if (!r) {
+		/* garbage before anything parsed as a request */
+		c->req = r = px_req_new(c);
+		rid_make(r);
+	}
+	r->route = r->route ? r->route : PX_ROUTE_NOT_FOUND;
+	px_req_error(r, status, c->msg.err_msg ? c->msg.err_msg : "bad request",
+		     status == 413 ? "request_too_large" : status == 431 ? "headers_too_large" : "bad_request",
+		     NULL);
+}
+
+/* ---- stages ---- */
+
+static int stage_check(struct px_req *r)
+{
+	int method;
+	const cJSON *stream;
+	size_t len;
+	char *text;
+
+	if (r->conn->over_cap) {
+		r->conn->close_after = 1;
+		snprintf(r->err_buf, sizeof(r->err_buf), "too many connections (max_connections %lld)",
+			 (long long)r->conn->srv->conf.max_connections);
+		r->err_msg = r->err_buf;
+		r->err_code = "too_many_connections";
+		return 503;
+	}
+	route_of(sh_http_url(r->msg), &method);
+	if (r->route == PX_ROUTE_NOT_FOUND) {
+		snprintf(r->err_buf, sizeof(r->err_buf), "no route for %.120s", sh_http_url(r->msg));
+		r->err_msg = r->err_buf;
+		r->err_code = "not_found";
+		return 404;
+	}
+	if (method >= 0 && r->method != method && !(method == HTTP_GET && r->method == HTTP_HEAD)) {
+		snprintf(r->err_buf, sizeof(r->err_buf), "%s is not allowed on %.120s (use %s)",
+			 llhttp_method_name(r->method), sh_http_url(r->msg), llhttp_method_name(method));
+		r->err_msg = r->err_buf;
+		r->err_code = "method_not_allowed";
+		return 405;
+	}
+	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS && r->route != PX_ROUTE_RESPONSES)
+		return PX_NEXT;
+
+	/* The routes whose body kvgate reads (stream flag now; token counts and limits later). */
+	len = evbuffer_get_length(r->body);
+	text = (char *)evbuffer_pullup(r->body, -1);
+	r->json = text ? cJSON_ParseWithLength(text, len) : NULL;
+	if (!r->json || !cJSON_IsObject(r->json)) {
+		r->err_msg = len ? "the request body is not a valid JSON object" : "the request body is empty; "
+									       "expected a JSON object";
+		r->err_code = "invalid_json";
+		return 400;
+	}
+	stream = cJSON_GetObjectItemCaseSensitive(r->json, "stream");
+	if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
+		r->err_msg = "'stream' must be a boolean";
+		r->err_param = "stream";
+		r->err_code = "invalid_type";
+		return 400;
+	}
+	r->stream = cJSON_IsTrue(stream);
+	return PX_NEXT;
+}
+
+static int stage_local(struct px_req *r)
+{
+	struct px_server *srv = r->conn->srv;
+	struct evbuffer *b;
+	int status;
+
+	if (r->route != PX_ROUTE_HEALTH && r->route != PX_ROUTE_METRICS)
+		return PX_NEXT;
+	b = evbuffer_new();
+	if (r->route == PX_ROUTE_METRICS) {
+		px_metrics_render(&srv->met, srv, b);
+		status = 200;
+	} else {
+		status = px_upstream_health_json(srv, b) ? 200 : 503;
+	}
+	px_req_reply(r, status, r->route == PX_ROUTE_METRICS ? "text/plain; version=0.0.4" : "application/json",
+		     (const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b), NULL);
+	evbuffer_free(b);
+	return PX_DONE;
+}
+
+static const struct {
+	const char *name;
+	int (*run)(struct px_req *r);
+} stages[] = {
+	{ "check", stage_check },
+	{ "local", stage_local },
+	{ "forward", px_forward_stage },
+};
+
+void px_req_resume(struct px_req *r, int rc)
+{
+	while (rc == PX_NEXT && r->stage < SH_ARRAY_LEN(stages))
+		rc = stages[r->stage++].run(r);
+	if (rc == PX_NEXT) {
+		/* the last stage always answers; reaching here is a bug in the table */
+		rc = 500;
+		r->err_msg = "no stage answered the request";
+	}
+	if (rc >= 400)
+		px_req_error(r, rc, r->err_msg ? r->err_msg : sh_http_reason(rc), r->err_code, r->err_param);
+}
+
+void px_req_run(struct px_req *r)
+{
+	r->state = PX_REQ_RUNNING;
+	sh_series_add(r->conn->srv->met.in_flight, 1);
+	px_req_resume(r, PX_NEXT);
+}
