@@ -90,17 +90,17 @@ $(LIBENGINE): $(ENGINE_OBJ)
 
 $(KVGATE): $(BUILD)/obj/proxy/main.o $(LIBPROXY) $(LIBSHARED)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(filter %.o %.a,$^) $(LDLIBS)
 $(ENGINE): $(BUILD)/obj/engine/main.o $(LIBENGINE) $(LIBSHARED)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(LDLIBS_ENGINE)
+	$(CC) $(CFLAGS) -o $@ $(filter %.o %.a,$^) $(LDLIBS) $(LDLIBS_ENGINE)
 # Each unit suite links every library; the linker takes only what it uses.
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(LIBPROXY) $(if $(ENGINE_SRC),$(LIBENGINE)) $(LIBSHARED)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(CHECK_LIBS) $(LDLIBS) $(LDLIBS_ENGINE)
+	$(CC) $(CFLAGS) -o $@ $(filter %.c %.a,$^) $(CHECK_LIBS) $(LDLIBS) $(LDLIBS_ENGINE)
 $(BUILD)/tests/%: tests/upstream/%.c $(LIBSHARED)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(filter %.c %.a,$^) $(LDLIBS)
 
 # The test suite: unit suites (Check), then the integration scripts that start real processes.
 test: deps-test

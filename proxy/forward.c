@@ -357,7 +357,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (!uc->got_bytes) {
 		if (!uc->connected)
 			px_upstream_mark_down(uc->up);
-		retry_or_fail(uc, uc->connected ? 502 : 503,
+		retry_or_fail(uc, 503,
 			      uc->connected ? "the engine closed the connection without answering"
 					    : "could not connect to any engine instance",
 			      "upstream_unavailable");

@@ -152,6 +152,7 @@ static int serve(const char *conf_path, int check_only)
 
 	while ((c = srv.conns))
 		px_conn_close(c);
+	px_upstreams_release(&srv);  /* closes pooled connections; reaped below */
 	px_conn_reap(&srv);
 	event_free(srv.free_ev);
 	event_free(srv.sig_hup);

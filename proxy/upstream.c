@@ -61,7 +61,8 @@ void px_upstreams_release(struct px_server *srv)
 			}
 		}
 	}
-	px_upconn_reap(srv);
+	if (!srv->free_ev)
+		px_upconn_reap(srv);  /* not serving: nothing to defer to */
 	for (i = 0; i < srv->n_pools; i++)
 		free(srv->pools[i].ups);
 	free(srv->pools);
@@ -152,7 +153,8 @@ static void close_uc(struct px_upconn *uc)
 	bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
 	uc->next = srv->dead_up;
 	srv->dead_up = uc;
-	event_active(srv->free_ev, EV_TIMEOUT, 0);
+	if (srv->free_ev)
+		event_active(srv->free_ev, EV_TIMEOUT, 0);
 }
 
 void px_upconn_release(struct px_upconn *uc, int reusable)

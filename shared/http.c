@@ -123,6 +123,11 @@ static int on_headers_complete(llhttp_t *p)
 	int rc = 0;
 
 	m->state = SH_HTTP_BODY;
+	if (p->upgrade) {
+		m->err_status = 400;
+		m->err_msg = "protocol upgrades are not supported";
+		return -1;
+	}
 	if (m->max_body && p->content_length > m->max_body && (p->flags & F_CONTENT_LENGTH)) {
 		m->err_status = 413;
 		m->err_msg = "request body too large";
