@@ -26,6 +26,7 @@ static int skip_header(const char *name)
 	static const char *const skip[] = {
 		"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
 		"upgrade", "content-length", "host", "expect", "x-request-id", "x-forwarded-for",
+		"authorization", "x-kvgate-user",
 	};
 	size_t i;
 
@@ -54,7 +55,10 @@ static void send_request(struct px_req *r, struct px_upconn *uc)
 	for (i = 0; i < m->n_hdrs; i++)
 		if (!skip_header(sh_http_hname(m, i)))
 			evbuffer_add_printf(out, "%s: %s\r\n", sh_http_hname(m, i), sh_http_hvalue(m, i));
+	/* The user's key stays here; the engine learns who it is for (fairness) by name. */
 	evbuffer_add_printf(out, "x-request-id: %s\r\nX-Forwarded-For: %s\r\n", r->rid, r->conn->peer);
+	if (r->user)
+		evbuffer_add_printf(out, "x-kvgate-user: %s\r\n", r->user->name);
 	if (len || (r->method != HTTP_GET && r->method != HTTP_HEAD))
 		evbuffer_add_printf(out, "Content-Length: %zu\r\n", len);
 	evbuffer_add(out, "\r\n", 2);

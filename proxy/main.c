@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "conn.h"
 #include "listen.h"
 #include "px.h"
@@ -30,6 +31,7 @@ static void usage(FILE *out)
 		"usage: kvgate -c FILE            serve (HTTPS reverse proxy and router for LLM engines)\n"
 		"       kvgate --check -c FILE    check the configuration and exit\n"
 		"       kvgate --conf-keys        list the configuration keys\n"
+		"       kvgate hash-key [KEY]    print the SHA-256 of an API key for users[].key_sha256\n"
 		"       kvgate --version\n"
 		"signals: SIGHUP re-reads the TLS certificate and key and reopens the access log;\n"
 		"         SIGTERM/SIGINT stop accepting and let requests finish (shutdown_timeout_ms)\n");
@@ -116,6 +118,7 @@ static int serve(const char *conf_path, int check_only)
 		fprintf(stderr, "kvgate: %s: %s\n", conf_path, err.msg);
 		goto out_base;
 	}
+	px_users_init(&srv);
 	if (check_only) {
 		SSL_CTX *ctx = *srv.conf.listen ? px_tls_ctx_new(&srv.conf, &err) : NULL;
 		if (*srv.conf.listen && !ctx) {
@@ -143,9 +146,10 @@ static int serve(const char *conf_path, int check_only)
 	event_add(srv.sig_int, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	px_log("kvgate %s listening on%s%s%s%s (%zu pool(s))", KVGATE_VERSION,
+	px_log("kvgate %s listening on%s%s%s%s (%zu pool(s), %s)", KVGATE_VERSION,
 	       *srv.conf.listen ? " https://" : "", srv.conf.listen, *srv.conf.listen_plain ? " http://" : "",
-	       srv.conf.listen_plain, srv.n_pools);
+	       srv.conf.listen_plain, srv.n_pools,
+	       srv.auth ? "API keys required" : "no API keys configured: anyone may use it");
 	event_base_dispatch(srv.base);
 	px_log("stopped");
 	rc = 0;
@@ -165,6 +169,7 @@ out_listen:
 	SSL_CTX_free(srv.ssl_ctx);
 	px_log_close(&srv);
 out_upstreams:
+	px_users_release(&srv);
 	px_upstreams_release(&srv);
 out_base:
 	event_base_free(srv.base);
@@ -187,6 +192,8 @@ int main(int argc, char **argv)
 	const char *conf = NULL;
 	int check = 0, ch;
 
+	if (argc > 1 && strcmp(argv[1], "hash-key") == 0)
+		return px_hashkey_main(argc - 1, argv + 1);
 	while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c': conf = optarg; break;

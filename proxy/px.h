@@ -28,6 +28,23 @@ struct px_pool_conf {
 	int64_t max_model_len;          /* tokens; 0 = read from the engine's /v1/models */
 };
 
+/* Per-user limits; 0 means "no limit" (the context limit then comes from the pools). In the users
+ * list, -1 means "the value in user_defaults". */
+struct px_limits {
+	int64_t max_concurrent;         /* requests in flight */
+	int64_t max_context;            /* prompt + max_tokens, tokens */
+	int64_t requests_per_minute;
+	int64_t tokens_per_minute;      /* prompt + max_tokens of admitted requests */
+	int64_t queue;                  /* requests that may wait for a slot; 0: 429 at once */
+	int64_t queue_timeout_ms;       /* a waiting request gets 429 after this */
+};
+
+struct px_user_conf {
+	char *name;
+	char *key_sha256;               /* hex SHA-256 of the API key (`kvgate hash-key`) */
+	struct px_limits lim;
+};
+
 struct px_conf {
 	char *listen;                   /* TLS listener "host:port", "" = none */
 	char *listen_plain;             /* plain HTTP listener, "" = none */
@@ -46,6 +63,9 @@ struct px_conf {
 	int64_t shutdown_timeout_ms;    /* SIGTERM: how long in-flight requests may take */
 	struct px_pool_conf *pools;
 	size_t n_pools;
+	struct px_user_conf *users;     /* empty: no API keys, everyone is "anonymous" */
+	size_t n_users;
+	struct px_limits user_defaults;
 };
 
 /* ---- upstreams (proxy/upstream.c) ---- */
@@ -80,6 +100,24 @@ struct px_metrics {
 	struct sh_series *in_flight, *conns_open, *conns_total, *tls_ok, *tls_fail;
 	struct sh_series *bytes_to_client, *bytes_to_upstream, *ttfb_all, *duration_all;
 	struct sh_series *retries, *upstream_errors;
+	struct sh_metric *user_in_flight, *rejections, *queue_time;
+	struct sh_series *queue_time_all;
+};
+
+/* ---- users (proxy/auth.c, proxy/limit.c) ---- */
+struct px_wait;
+
+struct px_user {
+	const char *name;               /* from the configuration */
+	unsigned char digest[32];       /* SHA-256 of the key */
+	struct px_limits lim;           /* defaults resolved */
+	int in_flight;
+	struct px_wait *wait_head, *wait_tail;  /* requests waiting for a slot, oldest first */
+	int n_waiting;
+	double rpm_bucket;              /* requests available now (token bucket, refills rpm/60 per s) */
+	double tpm_bucket;              /* tokens available now */
+	int64_t bucket_at_us;           /* when the buckets were last refilled */
+	struct sh_series *m_in_flight;
 };
 
 /* ---- the server: one event loop ---- */
@@ -93,6 +131,9 @@ struct px_server {
 	struct evconnlistener *lis_tls, *lis_plain;
 	struct px_pool *pools;
 	size_t n_pools;
+	struct px_user *users;          /* n_users; one "anonymous" user when no keys are configured */
+	size_t n_users;
+	int auth;                       /* API keys required */
 	struct px_metrics met;
 	void *access_log;               /* FILE *, NULL when off */
 	struct px_conn *conns;          /* every open connection (for drain) */
@@ -145,6 +186,9 @@ struct px_req {
 	int status;                     /* status sent to the client (0 until sent) */
 	const char *err_msg, *err_code, *err_param;
 	char err_buf[256];              /* err_msg may point here */
+	char err_hdrs[256];             /* extra header lines for the error answer (Retry-After, ...) */
+	struct px_user *user;           /* known after the auth stage */
+	struct px_wait *wait;           /* the limit stage's state: slot, queue place */
 	int64_t t_start_us, t_ttfb_us, t_end_us;
 	uint64_t bytes_out;             /* response body bytes to the client */
 	struct px_pool *pool;

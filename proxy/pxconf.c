@@ -20,6 +20,37 @@ static const struct sh_conf_key pool_keys[] = {
 	{ 0 }
 };
 
+#define L(f) offsetof(struct px_limits, f)
+#define U(f) offsetof(struct px_user_conf, f)
+
+/* The same rows serve user_defaults (defaults below) and each user (default -1: inherit). */
+#define LIMIT_ROWS(base, inherit) \
+	{ "max_concurrent", SH_CONF_INT, base + L(max_concurrent), inherit ? -1 : 0, 100000, inherit ? -1 : 8, \
+	  NULL, 0, NULL, 0, "requests in flight at once (0: no limit)" }, \
+	{ "max_context", SH_CONF_INT, base + L(max_context), inherit ? -1 : 0, 16777216, inherit ? -1 : 0, \
+	  NULL, 0, NULL, 0, "prompt + max_tokens, tokens (0: the pools' limit)" }, \
+	{ "requests_per_minute", SH_CONF_INT, base + L(requests_per_minute), inherit ? -1 : 0, 10000000, \
+	  inherit ? -1 : 0, NULL, 0, NULL, 0, "request rate (0: no limit); bursts up to one minute's worth" }, \
+	{ "tokens_per_minute", SH_CONF_INT, base + L(tokens_per_minute), inherit ? -1 : 0, 1000000000, \
+	  inherit ? -1 : 0, NULL, 0, NULL, 0, "prompt + max_tokens per minute (0: no limit)" }, \
+	{ "queue", SH_CONF_INT, base + L(queue), inherit ? -1 : 0, 100000, inherit ? -1 : 0, NULL, 0, NULL, 0, \
+	  "requests that may wait for a free slot (0: 429 at once)" }, \
+	{ "queue_timeout_ms", SH_CONF_INT, base + L(queue_timeout_ms), inherit ? -1 : 1, MS_MAX, \
+	  inherit ? -1 : 30000, NULL, 0, NULL, 0, "a waiting request is answered 429 after this" }
+
+static const struct sh_conf_key default_limit_keys[] = {
+	LIMIT_ROWS(0, 0),
+	{ 0 }
+};
+
+static const struct sh_conf_key user_keys[] = {
+	{ "name", SH_CONF_STR, U(name), 0, 0, 0, "", 0, NULL, 0, "user name (logs, metrics, x-kvgate-user)" },
+	{ "key_sha256", SH_CONF_STR, U(key_sha256), 0, 0, 0, "", 0, NULL, 0,
+	  "hex SHA-256 of the user's API key: `kvgate hash-key` prints it" },
+	LIMIT_ROWS(U(lim), 1),
+	{ 0 }
+};
+
 static const struct sh_conf_key keys[] = {
 	{ "listen", SH_CONF_STR, K(listen), 0, 0, 0, "127.0.0.1:8443", 0, NULL, 0,
 	  "TLS listener host:port (\"\" for none)" },
@@ -55,6 +86,10 @@ static const struct sh_conf_key keys[] = {
 	  "SIGTERM: in-flight requests may finish for this long" },
 	{ "pools", SH_CONF_LIST, K(pools), 1, 64, 0, NULL, K(n_pools), pool_keys,
 	  sizeof(struct px_pool_conf), "engine pools" },
+	{ "users", SH_CONF_LIST, K(users), 0, 100000, 0, NULL, K(n_users), user_keys,
+	  sizeof(struct px_user_conf), "API keys and per-user limits (empty: no keys needed)" },
+	{ "user_defaults", SH_CONF_OBJECT, K(user_defaults), 0, 0, 0, NULL, 0, default_limit_keys, 0,
+	  "limits of users that do not set their own" },
 	{ 0 }
 };
 
@@ -66,6 +101,76 @@ void px_conf_release(struct px_conf *c)
 void px_conf_doc(FILE *out)
 {
 	sh_conf_doc(keys, out, 0);
+}
+
+static int hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+int px_hex_digest(const char *hex, unsigned char out[32])
+{
+	size_t i;
+
+	if (strlen(hex) != 64)
+		return SH_ERR;
+	for (i = 0; i < 32; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return SH_ERR;
+		out[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return SH_OK;
+}
+
+static void inherit(int64_t *v, int64_t def)
+{
+	if (*v < 0)
+		*v = def;
+}
+
+/* Users need a name and a well-formed digest, both unique; limits inherit user_defaults.
+ * Limits that need token counts are refused until the count stage exists. */
+static int check_users(struct px_conf *c, const char *path, struct sh_err *err)
+{
+	size_t i, j;
+	unsigned char d[32], e[32];
+
+	if (c->user_defaults.max_context || c->user_defaults.tokens_per_minute)
+		return sh_errf(err, "%s: user_defaults: max_context and tokens_per_minute need kvgate's token "
+			       "counting, which is not built yet; leave them 0", path);
+
+	for (i = 0; i < c->n_users; i++) {
+		struct px_user_conf *u = &c->users[i];
+		if (!*u->name)
+			return sh_errf(err, "%s: users[%zu].name: missing", path, i);
+		if (px_hex_digest(u->key_sha256, d))
+			return sh_errf(err, "%s: users[%zu].key_sha256: expected 64 hex digits (the output of "
+				       "`kvgate hash-key`), never the key itself", path, i);
+		for (j = 0; j < i; j++) {
+			if (strcmp(c->users[j].name, u->name) == 0)
+				return sh_errf(err, "%s: users[%zu].name: \"%s\" is used twice", path, i, u->name);
+			px_hex_digest(c->users[j].key_sha256, e);
+			if (memcmp(d, e, 32) == 0)
+				return sh_errf(err, "%s: users[%zu].key_sha256: same key as users[%zu]", path, i, j);
+		}
+		inherit(&u->lim.max_concurrent, c->user_defaults.max_concurrent);
+		inherit(&u->lim.max_context, c->user_defaults.max_context);
+		inherit(&u->lim.requests_per_minute, c->user_defaults.requests_per_minute);
+		inherit(&u->lim.tokens_per_minute, c->user_defaults.tokens_per_minute);
+		inherit(&u->lim.queue, c->user_defaults.queue);
+		inherit(&u->lim.queue_timeout_ms, c->user_defaults.queue_timeout_ms);
+		if (u->lim.max_context || u->lim.tokens_per_minute)
+			return sh_errf(err, "%s: users[%zu]: max_context and tokens_per_minute need kvgate's token "
+				       "counting, which is not built yet; leave them 0", path, i);
+	}
+	return SH_OK;
 }
 
 int px_conf_load(struct px_conf *c, const char *path, struct sh_err *err)
@@ -86,6 +191,8 @@ int px_conf_load(struct px_conf *c, const char *path, struct sh_err *err)
 		sh_errf(err, "%s: pools: at least one pool with upstreams is needed", path);
 		goto out_release;
 	}
+	if (check_users(c, path, err))
+		goto out_release;
 	return SH_OK;
 out_release:
 	px_conf_release(c);

@@ -11,4 +11,7 @@ int px_conf_load(struct px_conf *c, const char *path, struct sh_err *err);
 void px_conf_release(struct px_conf *c);
 void px_conf_doc(FILE *out);
 
+/* 64 hex digits -> 32 bytes. SH_ERR if malformed. */
+int px_hex_digest(const char *hex, unsigned char out[32]);
+
 #endif

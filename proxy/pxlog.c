@@ -98,9 +98,9 @@ void px_log_access(struct px_server *srv, const struct px_req *r)
 	timestamp(ts, sizeof(ts));
 	escape(path, sizeof(path), r->msg->buf && r->msg->url_len ? sh_http_url(r->msg) : "");
 	escape(err, sizeof(err), r->err_msg ? r->err_msg : "");
-	fprintf(f, "ts=%s rid=%s peer=%s user=- method=%s path=\"%s\" route=%s pool=%s upstream=%s "
+	fprintf(f, "ts=%s rid=%s peer=%s user=%s method=%s path=\"%s\" route=%s pool=%s upstream=%s "
 		   "status=%d bytes=%llu ttfb_ms=%.3f total_ms=%.3f stream=%d%s%s%s\n",
-		ts, r->rid[0] ? r->rid : "-", r->conn->peer, llhttp_method_name(r->method), path,
+		ts, r->rid[0] ? r->rid : "-", r->conn->peer, r->user ? r->user->name : "-", llhttp_method_name(r->method), path,
 		px_route_name(r->route), r->pool ? r->pool->name : "-", r->up ? r->up->addr : "-", r->status,
 		(unsigned long long)r->bytes_out, ttfb, (double)(r->t_end_us - r->t_start_us) / 1000.0,
 		r->stream, *err ? " err=\"" : "", err, *err ? "\"" : "");

@@ -53,6 +53,14 @@ void px_metrics_init(struct px_metrics *m)
 			  "Engine failures: refused, timed out, closed early or mid-response", SH_METRIC_COUNTER,
 			  NULL, 0);
 	m->upstream_errors = sh_series_get(t, "");
+	m->user_in_flight = sh_metric_new(&m->reg, "kvgate_user_in_flight", "Requests in flight per user",
+					  SH_METRIC_GAUGE, NULL, 0);
+	m->rejections = sh_metric_new(&m->reg, "kvgate_user_rejections_total",
+				      "Requests refused by a user limit or key check, by reason", SH_METRIC_COUNTER,
+				      NULL, 0);
+	m->queue_time = sh_metric_new(&m->reg, "kvgate_queue_seconds", "Time waiting for a user's slot",
+				      SH_METRIC_HISTOGRAM, latency_bounds, SH_ARRAY_LEN(latency_bounds));
+	m->queue_time_all = sh_series_get(m->queue_time, "");
 	m->up_healthy = sh_metric_new(&m->reg, "kvgate_upstream_healthy",
 				      "1 if the engine instance is taking requests", SH_METRIC_GAUGE, NULL, 0);
 }
@@ -70,6 +78,14 @@ void px_metrics_request(struct px_metrics *m, const struct px_req *r)
 	sh_series_add(sh_series_get(m->requests, labels), 1);
 	sh_series_observe(m->duration, m->duration_all, (double)(r->t_end_us - r->t_start_us) / 1e6);
 	sh_series_add(m->bytes_to_client, (double)r->bytes_out);
+}
+
+void px_metrics_reject(struct px_metrics *m, const struct px_user *u, const char *reason)
+{
+	char labels[200];
+
+	snprintf(labels, sizeof(labels), "user=\"%.120s\",reason=\"%s\"", u ? u->name : "-", reason);
+	sh_series_add(sh_series_get(m->rejections, labels), 1);
 }
 
 void px_metrics_ttfb(struct px_metrics *m, double seconds)

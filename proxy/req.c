@@ -3,6 +3,8 @@
  * Stages, in order (a new stage is one function and one row):
  *   check    route and method, request id, JSON body for the routes kvgate reads
  *   local    /health and /metrics, answered here
+ *   auth     API key -> user (proxy/auth.c)
+ *   limit    the user's rates and concurrency slot (proxy/limit.c)
  *   forward  to an engine of the pool (proxy/forward.c)
  */
 #include "req.h"
@@ -16,8 +18,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth.h"
 #include "conn.h"
 #include "forward.h"
+#include "limit.h"
 #include "pxlog.h"
 #include "pxmetrics.h"
 #include "upstream.h"
@@ -234,10 +238,11 @@ void px_req_reply(struct px_req *r, int status, const char *ctype, const char *b
 void px_req_error(struct px_req *r, int status, const char *message, const char *code, const char *param)
 {
 	char *body = sh_http_error_json(message, sh_http_error_type(status), param, code);
-	char extra[64] = "";
+	char extra[sizeof(r->err_hdrs)];
 
 	r->err_msg = message;
-	if (status == 503 || status == 429)
+	snprintf(extra, sizeof(extra), "%s", r->err_hdrs);
+	if (!extra[0] && (status == 503 || status == 429))
 		snprintf(extra, sizeof(extra), "Retry-After: 1\r\n");
 	if (status == 405) {
 		int method;
@@ -346,6 +351,8 @@ static const struct {
 } stages[] = {
 	{ "check", stage_check },
 	{ "local", stage_local },
+	{ "auth", px_auth_stage },
+	{ "limit", px_limit_stage },
 	{ "forward", px_forward_stage },
 };
 

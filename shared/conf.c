@@ -36,6 +36,9 @@ void sh_conf_defaults(const struct sh_conf_key *table, void *dst)
 			*FIELD(dst, k, void *) = NULL;
 			*COUNT(dst, k) = 0;
 			break;
+		case SH_CONF_OBJECT:
+			sh_conf_defaults(k->sub, FIELD(dst, k, char));
+			break;
 		}
 	}
 }
@@ -71,6 +74,9 @@ void sh_conf_release(const struct sh_conf_key *table, void *dst)
 			*COUNT(dst, k) = 0;
 			break;
 		}
+		case SH_CONF_OBJECT:
+			sh_conf_release(k->sub, FIELD(dst, k, char));
+			break;
 		default:
 			break;
 		}
@@ -85,6 +91,7 @@ static const char *type_name(enum sh_conf_type t)
 	case SH_CONF_BOOL: return "boolean";
 	case SH_CONF_STRLIST: return "list of strings";
 	case SH_CONF_LIST: return "list of objects";
+	case SH_CONF_OBJECT: return "object";
 	}
 	return "?";
 }
@@ -123,6 +130,10 @@ static int parse_value(const struct sh_conf_key *k, void *dst, const cJSON *v, c
 			return sh_errf(err, "%s: expected true or false", path);
 		*FIELD(dst, k, int) = cJSON_IsTrue(v);
 		return SH_OK;
+	case SH_CONF_OBJECT:
+		if (!cJSON_IsObject(v))
+			return sh_errf(err, "%s: expected an object", path);
+		return parse_object(k->sub, FIELD(dst, k, char), v, path, err);
 	case SH_CONF_STRLIST:
 	case SH_CONF_LIST:
 		if (!cJSON_IsArray(v))
@@ -264,12 +275,14 @@ void sh_conf_doc(const struct sh_conf_key *table, FILE *out, int indent)
 		case SH_CONF_BOOL:
 			fprintf(out, "default %s", k->def_int ? "true" : "false");
 			break;
+		case SH_CONF_OBJECT:
+			break;
 		default:
 			fprintf(out, "%" PRId64 "..%" PRId64 " entries", k->min, k->max);
 			break;
 		}
 		fprintf(out, "  %s\n", k->doc ? k->doc : "");
-		if (k->type == SH_CONF_LIST)
+		if (k->type == SH_CONF_LIST || k->type == SH_CONF_OBJECT)
 			sh_conf_doc(k->sub, out, indent + 2);
 	}
 }

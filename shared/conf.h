@@ -18,6 +18,7 @@ enum sh_conf_type {
 	SH_CONF_BOOL,    /* int, 0 or 1 */
 	SH_CONF_STRLIST, /* char **, with a size_t count at count_off */
 	SH_CONF_LIST,    /* array of structs described by sub (elem_size each), count at count_off */
+	SH_CONF_OBJECT,  /* a struct embedded at off, described by sub */
 };
 
 struct sh_conf_key {
@@ -28,7 +29,7 @@ struct sh_conf_key {
 	int64_t def_int;                 /* default for INT and BOOL */
 	const char *def_str;             /* default for STR (NULL means "") */
 	size_t count_off;                /* LIST/STRLIST: offset of the size_t count */
-	const struct sh_conf_key *sub;   /* LIST: the element's table, ended by a row with name NULL */
+	const struct sh_conf_key *sub;   /* LIST/OBJECT: the element's table, ended by a row with name NULL */
 	size_t elem_size;                /* LIST: sizeof the element struct */
 	const char *doc;                 /* one line for conf/ documentation and --help */
 };

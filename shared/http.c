@@ -309,10 +309,10 @@ const char *sh_http_reason(int status)
 	return "Unknown";
 }
 
+/* As OpenAI's API answers: a bad key (401) is an invalid_request_error with code invalid_api_key. */
 const char *sh_http_error_type(int status)
 {
 	switch (status) {
-	case 401: return "authentication_error";
 	case 403: return "permission_error";
 	case 404: return "not_found_error";
 	case 429: return "rate_limit_error";

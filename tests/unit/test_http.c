@@ -261,7 +261,7 @@ START_TEST(error_json_shape)
 	cJSON_Delete(j);
 	free(s);
 	ck_assert_str_eq(sh_http_error_type(429), "rate_limit_error");
-	ck_assert_str_eq(sh_http_error_type(401), "authentication_error");
+	ck_assert_str_eq(sh_http_error_type(401), "invalid_request_error");
 	ck_assert_str_eq(sh_http_error_type(413), "invalid_request_error");
 	ck_assert_str_eq(sh_http_error_type(504), "server_error");
 	ck_assert_str_eq(sh_http_reason(431), "Request Header Fields Too Large");
