@@ -1,0 +1,138 @@
+/* deepseek2.c: DeepseekV2ForCausalLM. Pre-norm blocks: MLA attention (optional q LoRA, compressed
+ * KV latent with its norm, decoupled RoPE key shared by all heads, YaRN), then a dense SwiGLU MLP
+ * (first_k_dense_replace layers) or MoE (softmax router, greedy or group-limited top-k, shared
+ * experts).
+ *
+ * The cache holds per token the normed latent c (R) and the roped key k_pe (dr). Attention:
+ *   absorbed (decode, and batches of several sequences): q_lat_h = W_UK_h^T q_nope_h (R), scores
+ *     q_lat_h . c + q_pe_h . k_pe, o_lat_h = sum p c, out_h = W_UV_h o_lat_h; each cached row is read
+ *     once for all heads;
+ *   naive (prefill of one sequence, context <= the workspace cap): k_nope, v for every cached
+ *     position through kv_b_proj, then ordinary attention. Both give the reference's numbers. */
+#include <string.h>
+
+#include "engine/model.h"
+
+#define NAIVE_CTX_CAP 2048
+
+static size_t naive_ws(const struct eng_config *c, int ctx)
+{
+	size_t nh = (size_t)c->n_heads, qk = (size_t)c->qk_nope_dim + c->qk_rope_dim, dv = (size_t)c->v_head_dim;
+	size_t R = (size_t)c->kv_lora_rank, dr = (size_t)c->qk_rope_dim;
+	return (size_t)ctx * ((R + dr) + nh * ((size_t)c->qk_nope_dim + dv) + nh * qk + nh * dv);
+}
+
+size_t eng_deepseek2_ws(const struct eng_config *c, int T, int ctx)
+{
+	size_t H = (size_t)c->hidden, nh = (size_t)c->n_heads, qk = (size_t)c->qk_nope_dim + c->qk_rope_dim;
+	size_t R = (size_t)c->kv_lora_rank, dr = (size_t)c->qk_rope_dim, dv = (size_t)c->v_head_dim;
+	size_t I = (size_t)SH_MAX(c->intermediate, c->moe_intermediate * SH_MAX(c->n_shared, 1));
+	size_t per_tok = H * 3 + (size_t)c->q_lora_rank + nh * qk + (R + dr) + nh * R * 2 + nh * dr + nh * dv +
+			 2 * I + (size_t)c->n_routed + (size_t)SH_MAX(c->top_k, 1);
+	size_t moe = c->n_routed ? eng_backend_moe_scratch(T, c->hidden, c->moe_intermediate) : 0;
+	return (size_t)T * per_tok + moe + naive_ws(c, ctx);
+}
+
+void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_batch *b, float *x)
+{
+	const struct eng_config *c = &m->cfg;
+	struct eng_backend *be = m->be;
+	int n = b->n, H = c->hidden, nh = c->n_heads, dn = c->qk_nope_dim, dr = c->qk_rope_dim, dv = c->v_head_dim;
+	int qk = dn + dr, R = c->kv_lora_rank, ql = c->q_lora_rank, E = c->n_routed, K = c->top_k;
+	int I = SH_MAX(c->intermediate, c->moe_intermediate * SH_MAX(c->n_shared, 1));
+	float *xn = m->ws + (size_t)m->opts.max_tokens * (c->hidden + c->vocab); /* (n, H) */
+	float *tmp = xn + (size_t)n * H;          /* (n, H) */
+	float *tmp2 = tmp + (size_t)n * H;        /* (n, H) */
+	float *qa = tmp2 + (size_t)n * H;         /* (n, q_lora_rank) */
+	float *q = qa + (size_t)n * ql;           /* (n, nh, qk) = [q_nope | q_pe] per head */
+	float *kva = q + (size_t)n * nh * qk;     /* (n, R + dr) = the cache rows */
+	float *qlat = kva + (size_t)n * (R + dr); /* (n, nh, R) */
+	float *olat = qlat + (size_t)n * nh * R;  /* (n, nh, R) */
+	float *qpe = olat + (size_t)n * nh * R;   /* (n, nh, dr) */
+	float *att = qpe + (size_t)n * nh * dr;   /* (n, nh, dv) */
+	float *g = att + (size_t)n * nh * dv;     /* (n, I) */
+	float *u = g + (size_t)n * I;             /* (n, I) */
+	float *rl = u + (size_t)n * I;            /* (n, E) router logits */
+	float *wt = rl + (size_t)n * E;           /* (n, K) routing weights */
+	float *moe_s = wt + (size_t)n * SH_MAX(K, 1);
+	float *nv = moe_s + (E ? eng_backend_moe_scratch(n, H, c->moe_intermediate) : 0);
+	int32_t *idx = m->ws_idx;                 /* (n, K) */
+
+	/* naive prefill: one sequence whose batch ends at its last position, context within the cap */
+	int ctx = b->pos[n - 1] + 1;
+	int naive = m->opts.mla_prefill == 2 ||
+		    (m->opts.mla_prefill == 0 && n > 1);
+	naive = naive && b->n_seqs == 1 && ctx <= SH_MIN(c->max_pos, NAIVE_CTX_CAP);
+
+	for (int l = 0; l < c->n_layers; l++) {
+		const struct eng_layer *L = &m->layers[l];
+		/* attention: queries */
+		be->rmsnorm(be, xn, H, x, H, n, H, L->attn_norm, c->rms_eps);               /* (n, H) */
+		if (ql) {
+			be->matmul(be, xn, H, n, &L->q_a, NULL, qa, ql);                      /* (n, ql) */
+			be->rmsnorm(be, qa, ql, qa, ql, n, ql, L->q_a_norm, c->rms_eps);
+			be->matmul(be, qa, ql, n, &L->q_b, NULL, q, nh * qk);                 /* (n, nh*qk) */
+		} else {
+			be->matmul(be, xn, H, n, &L->q, NULL, q, nh * qk);                    /* (n, nh*qk) */
+		}
+		/* compressed KV: latent (normed) and the shared rope key, into the cache */
+		be->matmul(be, xn, H, n, &L->kv_a, NULL, kva, R + dr);                        /* (n, R+dr) */
+		be->rmsnorm(be, kva, R + dr, kva, R + dr, n, R, L->kv_a_norm, c->rms_eps);    /* c: (n, R) */
+		be->rope(be, kva + R, n, 1, R + dr, dr, b->pos, &m->rope);                    /* k_pe: (n, dr) */
+		be->rope(be, q + dn, n, nh, nh * qk, qk, b->pos, &m->rope);                   /* q_pe in place */
+		be->kv_write(be, kv, l, b, kva, R + dr);
+
+		if (naive) {
+			float *cg = nv;                                   /* (ctx, R+dr) */
+			float *kb = cg + (size_t)ctx * (R + dr);          /* (ctx, nh, dn+dv) */
+			float *kf = kb + (size_t)ctx * nh * (dn + dv);    /* (ctx, nh, qk) */
+			float *vf = kf + (size_t)ctx * nh * qk;           /* (ctx, nh, dv) */
+			be->kv_gather(be, kv, l, b->seqs[0], ctx, cg);
+			be->matmul(be, cg, R + dr, ctx, &L->kv_b, NULL, kb, nh * (dn + dv));
+			/* host-side reshuffle: the CPU backend's memory is the host's */
+			for (int p = 0; p < ctx; p++)
+				for (int h = 0; h < nh; h++) {
+					const float *src = kb + ((size_t)p * nh + h) * (dn + dv);
+					memcpy(kf + ((size_t)p * nh + h) * qk, src, sizeof(float) * (size_t)dn);
+					memcpy(kf + ((size_t)p * nh + h) * qk + dn, cg + (size_t)p * (R + dr) + R,
+					       sizeof(float) * (size_t)dr);
+					memcpy(vf + ((size_t)p * nh + h) * dv, src + dn, sizeof(float) * (size_t)dv);
+				}
+			be->attn_dense(be, q, b->pos, n, kf, vf, ctx, nh, qk, dv, c->softmax_scale, att); /* (n, nh*dv) */
+		} else {
+			for (int h = 0; h < nh; h++) {
+				/* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
+				be->matmul(be, q + (size_t)h * qk, nh * qk, n, &L->uk_t[h], NULL, qlat + (size_t)h * R, nh * R);
+				for (int i = 0; i < n; i++)
+					memcpy(qpe + ((size_t)i * nh + h) * dr, q + ((size_t)i * nh + h) * qk + dn,
+					       sizeof(float) * (size_t)dr);
+			}
+			be->attn_mla(be, kv, l, b, qlat, qpe, nh, R, dr, c->softmax_scale, olat); /* (n, nh, R) */
+			for (int h = 0; h < nh; h++) /* out_h (n, dv) = o_lat_h (n, R) . W_UV_h^T */
+				be->matmul(be, olat + (size_t)h * R, nh * R, n, &L->uv[h], NULL, att + (size_t)h * dv, nh * dv);
+		}
+		be->matmul(be, att, nh * dv, n, &L->wo, NULL, tmp, H);                      /* (n, H) */
+		be->add(be, x, tmp, (size_t)n * H);
+
+		/* MLP */
+		be->rmsnorm(be, xn, H, x, H, n, H, L->mlp_norm, c->rms_eps);               /* (n, H) */
+		if (L->moe) {
+			struct eng_moe_route r = {E, K, c->topk_method == ENG_TOPK_GROUP_LIMITED, c->n_group,
+						  c->topk_group, c->norm_topk_prob, c->routed_scaling};
+			be->matmul(be, xn, H, n, &L->router, NULL, rl, E);                    /* (n, E) */
+			be->moe_route(be, rl, n, &r, idx, wt);                                /* (n, K) */
+			memset(tmp, 0, sizeof(float) * (size_t)n * H);
+			be->moe_ffn(be, xn, n, H, idx, wt, K, E, L->e_gate, L->e_up, L->e_down, tmp, moe_s); /* (n, H) */
+			be->add(be, x, tmp, (size_t)n * H);
+			if (!c->n_shared)
+				continue;
+		}
+		int Il = L->gate.rows;
+		be->matmul(be, xn, H, n, &L->gate, NULL, g, Il);                            /* (n, Il) */
+		be->matmul(be, xn, H, n, &L->up, NULL, u, Il);                              /* (n, Il) */
+		be->silu_mul(be, g, Il, u, Il, n, Il);
+		be->matmul(be, g, Il, n, &L->down, NULL, tmp, H);                           /* (n, H) */
+		be->add(be, x, tmp, (size_t)n * H);
+	}
+	be->rmsnorm(be, x, H, x, H, n, H, m->final_norm, c->rms_eps);
+}

@@ -1,0 +1,97 @@
+/* backend.h: the compute backend, a table of function pointers (STYLE.md rule 3). The CPU backend
+ * (backend/cpu.c) is the reference; CUDA implements the same table. All pointers to activations,
+ * weights and the KV pool are in the backend's memory; ids/positions/block tables are host arrays
+ * (a device backend uploads them). Activations are fp32; weights F32/BF16/F16; accumulation fp32.
+ * Every op is synchronous from the caller's view (a device backend may queue, and syncs in to_host). */
+#ifndef ENG_BACKEND_H
+#define ENG_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv.h"
+#include "rope.h"
+#include "st.h"
+
+/* A 2-D weight, (rows = out features, cols = in features), row-major, in backend memory. */
+struct eng_w {
+	const void *data;
+	enum eng_dtype dt;
+	int rows, cols;
+	size_t ld;  /* elements between rows (>= cols); views into fused tensors use it */
+};
+
+struct eng_moe_route {
+	int n_experts, top_k;
+	int group_limited, n_group, topk_group;
+	int norm_topk_prob;
+	float routed_scaling;
+};
+
+struct eng_backend {
+	const char *name;
+	void *impl;
+	void (*free)(struct eng_backend *be);
+
+	/* memory */
+	void *(*alloc)(struct eng_backend *be, size_t bytes);           /* zeroed; NULL on failure */
+	void (*release)(struct eng_backend *be, void *p);
+	void (*to_dev)(struct eng_backend *be, void *dst, const void *src, size_t bytes);
+	void (*to_host)(struct eng_backend *be, void *dst, const void *src, size_t bytes);
+
+	/* out (n, w.cols) = rows ids of an embedding table */
+	void (*embed)(struct eng_backend *be, const struct eng_w *tab, const int32_t *ids, int n, float *out);
+	/* y (n, w.rows) [row stride ldy] = x (n, w.cols) [row stride ldx] . W^T (+ bias (w.rows)) */
+	void (*matmul)(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w,
+		       const float *bias, float *y, int ldy);
+	/* y (n, dim) = x / rms(x) * w; rows strided; y may equal x */
+	void (*rmsnorm)(struct eng_backend *be, float *y, int ldy, const float *x, int ldx, int n, int dim,
+			const float *w, float eps);
+	/* rotates the first r->dim values of each head, in place: head h of token i at x + i*ld_tok + h*ld_head */
+	void (*rope)(struct eng_backend *be, float *x, int n, int n_heads, int ld_tok, int ld_head,
+		     const int32_t *pos, const struct eng_rope *r);
+	/* g (n, dim) [stride ldg] = silu(g) * u [stride ldu] */
+	void (*silu_mul)(struct eng_backend *be, float *g, int ldg, const float *u, int ldu, int n, int dim);
+	/* y += x, n values */
+	void (*add)(struct eng_backend *be, float *y, const float *x, size_t n);
+
+	/* writes row i (rows + i*ld, kv->shape.row_elems values) at b->pos[i] of its sequence; the
+	 * blocks must have been prepared (eng_kv_seq_prepare) */
+	void (*kv_write)(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b,
+			 const float *rows, int ld);
+	/* dequantised rows 0..n_tokens-1 of one sequence: out (n_tokens, row_elems) */
+	void (*kv_gather)(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_kv_seq *s,
+			  int n_tokens, float *out);
+	/* GQA over the paged cache (rows: K heads then V heads): q (n, n_heads, head_dim) -> out (same) */
+	void (*attn_gqa)(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+			 const float *q, int n_heads, int n_kv_heads, int head_dim, float scale, float *out);
+	/* MLA in latent space over the paged cache (rows: latent (R) then roped key (dr)):
+	 * q_lat (n, n_heads, R), q_pe (n, n_heads, dr) -> out (n, n_heads, R) = softmax(scale *
+	 * (q_lat.c + q_pe.k_pe)) . c; every cached row is read once per token for all heads */
+	void (*attn_mla)(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+			 const float *q_lat, const float *q_pe, int n_heads, int R, int dr, float scale, float *out);
+	/* dense causal attention for one sequence: q (n, nh, dq) at positions pos, k (ctx, nh, dq),
+	 * v (ctx, nh, dv) -> out (n, nh, dv); token i sees keys 0..pos[i] */
+	void (*attn_dense)(struct eng_backend *be, const float *q, const int32_t *pos, int n, const float *k,
+			   const float *v, int ctx, int n_heads, int dq, int dv, float scale, float *out);
+
+	/* router: logits (n, E) -> idx (n, top_k), weights (n, top_k) on the host side of the backend */
+	void (*moe_route)(struct eng_backend *be, const float *logits, int n, const struct eng_moe_route *r,
+			  int32_t *idx, float *wt);
+	/* out (n, dim) += sum_k wt[i,k] * expert_{idx[i,k]}(x_i); experts: SwiGLU with gate/up (inter, dim)
+	 * and down (dim, inter); scratch: backend memory of eng_backend_moe_scratch floats */
+	void (*moe_ffn)(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx,
+			const float *wt, int top_k, int n_experts, const struct eng_w *gate, const struct eng_w *up,
+			const struct eng_w *down, float *out, float *scratch);
+};
+
+/* Floats of scratch moe_ffn needs for n tokens. */
+static inline size_t eng_backend_moe_scratch(int n, int dim, int inter)
+{
+	return (size_t)n * ((size_t)dim * 2 + (size_t)inter * 2) + (size_t)n * 2;
+}
+
+/* The CPU backend with n_threads threads (<= 0: all CPUs). */
+struct eng_backend *eng_cpu_new(int n_threads);
+
+#endif
