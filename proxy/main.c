@@ -16,6 +16,7 @@
 
 #include "auth.h"
 #include "conn.h"
+#include "health.h"
 #include "listen.h"
 #include "px.h"
 #include "pxconf.h"
@@ -145,6 +146,7 @@ static int serve(const char *conf_path, int check_only)
 	event_add(srv.sig_term, NULL);
 	event_add(srv.sig_int, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	px_health_start(&srv);
 
 	px_log("kvgate %s listening on%s%s%s%s (%zu pool(s), %s)", KVGATE_VERSION,
 	       *srv.conf.listen ? " https://" : "", srv.conf.listen, *srv.conf.listen_plain ? " http://" : "",
@@ -153,6 +155,7 @@ static int serve(const char *conf_path, int check_only)
 	event_base_dispatch(srv.base);
 	px_log("stopped");
 	rc = 0;
+	px_health_stop(&srv);
 
 	while ((c = srv.conns))
 		px_conn_close(c);

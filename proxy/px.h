@@ -61,6 +61,9 @@ struct px_conf {
 	int64_t upstream_keepalive;     /* idle pooled connections kept per upstream */
 	int64_t stream_buffer_bytes;    /* client output above this: stop reading the upstream */
 	int64_t shutdown_timeout_ms;    /* SIGTERM: how long in-flight requests may take */
+	int64_t health_interval_ms;     /* active checks of each engine's /health; 0 = off */
+	int64_t health_timeout_ms;
+	int64_t health_fails;           /* consecutive failed checks that eject an instance */
 	struct px_pool_conf *pools;
 	size_t n_pools;
 	struct px_user_conf *users;     /* empty: no API keys, everyone is "anonymous" */
@@ -79,6 +82,11 @@ struct px_upstream {
 	int in_flight;                  /* requests on it now */
 	int healthy;                    /* 0 after a failed connect, until retry_at passes or a success */
 	int64_t retry_at_us;
+	int draining;                   /* its /health says it is draining: no new requests */
+	int check_fails;                /* consecutive failed active checks */
+	struct px_check *check;         /* proxy/health.c */
+	char model[128];                /* first model id of its /v1/models, "" until known */
+	int64_t max_model_len;          /* from its /v1/models, 0 until known */
 	struct px_upconn *idle;         /* pooled keep-alive connections, most recent first */
 	int n_idle;
 	struct sh_series *m_healthy;

@@ -83,7 +83,7 @@ struct px_upstream *px_pool_pick(struct px_pool *pool, const struct px_upstream 
 
 	for (k = 0; k < pool->n_ups; k++) {
 		struct px_upstream *u = &pool->ups[(pool->rr + k) % pool->n_ups];
-		if (u == exclude)
+		if (u == exclude || u->draining)
 			continue;
 		if (!usable(u, now)) {
 			if (!fallback || u->retry_at_us < fallback->retry_at_us)
