@@ -124,7 +124,10 @@ START_TEST(docs_list_every_key)
 			snprintf(parent, sizeof(parent), "%s", name);
 			snprintf(want, sizeof(want), "`%s`", name);
 		} else {
+			/* a list's rows are documented as `pools[].name`, an object's as `user_defaults.queue` */
 			snprintf(want, sizeof(want), "`%s[].%s`", parent, name);
+			if (!strstr(doc, want))
+				snprintf(want, sizeof(want), "`%s.%s`", parent, name);
 		}
 		ck_assert_msg(strstr(doc, want) != NULL, "conf/README.md does not document %s", want);
 	}
