@@ -1,0 +1,513 @@
+/* api.c: see api.h. */
+#include "api.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "prefix.h"
+
+static int fail(struct eng_api_err *e, int status, const char *param, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+static int fail(struct eng_api_err *e, int status, const char *param, const char *code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+	va_end(ap);
+	e->status = status;
+	e->param = param;
+	e->code = code;
+	return SH_ERR;
+}
+
+static const cJSON *field(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+/* A number field within [lo, hi]; absent or null leaves *out. */
+static int get_num(const cJSON *o, const char *name, double lo, double hi, double *out, struct eng_api_err *e)
+{
+	const cJSON *v = field(o, name);
+	if (!v)
+		return SH_OK;
+	if (!cJSON_IsNumber(v))
+		return fail(e, 400, name, NULL, "'%s' must be a number", name);
+	if (!(v->valuedouble >= lo && v->valuedouble <= hi))
+		return fail(e, 400, name, NULL, "'%s' must be between %g and %g, got %g", name, lo, hi, v->valuedouble);
+	*out = v->valuedouble;
+	return SH_OK;
+}
+
+static int get_int(const cJSON *o, const char *name, double lo, double hi, int64_t *out, struct eng_api_err *e)
+{
+	const cJSON *v = field(o, name);
+	if (!v)
+		return SH_OK;
+	if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+		return fail(e, 400, name, NULL, "'%s' must be an integer", name);
+	if (!(v->valuedouble >= lo && v->valuedouble <= hi))
+		return fail(e, 400, name, NULL, "'%s' must be between %.0f and %.0f, got %.0f", name, lo, hi, v->valuedouble);
+	*out = (int64_t)v->valuedouble;
+	return SH_OK;
+}
+
+static int get_bool(const cJSON *o, const char *name, int *out, struct eng_api_err *e)
+{
+	const cJSON *v = field(o, name);
+	if (!v)
+		return SH_OK;
+	if (!cJSON_IsBool(v))
+		return fail(e, 400, name, NULL, "'%s' must be a boolean", name);
+	*out = cJSON_IsTrue(v);
+	return SH_OK;
+}
+
+static int parse_stop(const cJSON *body, struct eng_seq_params *p, struct eng_api_err *e)
+{
+	const cJSON *v = field(body, "stop");
+	if (v) {
+		int n = cJSON_IsString(v) ? 1 : cJSON_IsArray(v) ? cJSON_GetArraySize(v) : -1;
+		if (n < 0)
+			return fail(e, 400, "stop", NULL, "'stop' must be a string or a list of strings");
+		if (n > ENG_MAX_STOP)
+			return fail(e, 400, "stop", NULL, "at most %d stop strings", ENG_MAX_STOP);
+		p->stop = sh_calloc((size_t)(n ? n : 1), sizeof(char *));
+		for (int i = 0; i < n; i++) {
+			const cJSON *s = cJSON_IsString(v) ? v : cJSON_GetArrayItem(v, i);
+			if (!cJSON_IsString(s))
+				return fail(e, 400, "stop", NULL, "'stop' must be a string or a list of strings");
+			if (strlen(s->valuestring) > ENG_MAX_STOP_LEN)
+				return fail(e, 400, "stop", NULL, "a stop string is over %d bytes", ENG_MAX_STOP_LEN);
+			if (!*s->valuestring)
+				continue;
+			p->stop[p->n_stop++] = sh_strdup(s->valuestring);
+		}
+	}
+	v = field(body, "stop_token_ids");
+	if (v) {
+		int n = cJSON_IsArray(v) ? cJSON_GetArraySize(v) : -1;
+		if (n < 0 || n > ENG_MAX_STOP_IDS)
+			return fail(e, 400, "stop_token_ids", NULL, "'stop_token_ids' must be a list of at most %d token ids",
+				    ENG_MAX_STOP_IDS);
+		p->stop_ids = sh_calloc((size_t)(n ? n : 1), sizeof(int32_t));
+		for (int i = 0; i < n; i++) {
+			const cJSON *s = cJSON_GetArrayItem(v, i);
+			if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > INT32_MAX)
+				return fail(e, 400, "stop_token_ids", NULL, "'stop_token_ids' must be a list of token ids");
+			p->stop_ids[p->n_stop_ids++] = (int32_t)s->valuedouble;
+		}
+	}
+	return SH_OK;
+}
+
+static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_api_err *e)
+{
+	struct eng_seq_params *p = &r->par;
+	struct eng_sampling *s = &p->smp;
+	double d;
+	int64_t i;
+
+	eng_sampling_defaults(s);
+	p->skip_special = 1;
+	p->logprobs = -1;
+	d = s->temperature;
+	if (get_num(body, "temperature", 0, 100, &d, e))
+		return SH_ERR;
+	s->temperature = (float)d;
+	d = 1;
+	if (get_num(body, "top_p", 0, 1, &d, e))
+		return SH_ERR;
+	if (d <= 0)
+		return fail(e, 400, "top_p", NULL, "'top_p' must be in (0, 1], got 0");
+	s->top_p = (float)d;
+	i = 0;
+	if (get_int(body, "top_k", -1, 1 << 30, &i, e))
+		return SH_ERR;
+	s->top_k = (int)i;
+	d = 0;
+	if (get_num(body, "min_p", 0, 1, &d, e))
+		return SH_ERR;
+	s->min_p = (float)d;
+	d = 0;
+	if (get_num(body, "presence_penalty", -2, 2, &d, e))
+		return SH_ERR;
+	s->presence_penalty = (float)d;
+	d = 0;
+	if (get_num(body, "frequency_penalty", -2, 2, &d, e))
+		return SH_ERR;
+	s->frequency_penalty = (float)d;
+	d = 1;
+	if (get_num(body, "repetition_penalty", 1e-6, 100, &d, e))
+		return SH_ERR;
+	s->repetition_penalty = (float)d;
+	const cJSON *seed = field(body, "seed");
+	if (seed) {
+		if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble))
+			return fail(e, 400, "seed", NULL, "'seed' must be an integer");
+		p->seed = (uint64_t)(int64_t)seed->valuedouble;
+		r->seeded = 1;
+	}
+	if (get_bool(body, "ignore_eos", &p->ignore_eos, e) || get_bool(body, "skip_special_tokens", &p->skip_special, e))
+		return SH_ERR;
+	/* max tokens: max_completion_tokens wins over max_tokens (chat); responses: max_output_tokens */
+	int64_t mt = -1;
+	const char *names[] = {"max_tokens", "max_completion_tokens", "max_output_tokens"};
+	for (size_t k = 0; k < SH_ARRAY_LEN(names); k++) {
+		const cJSON *v = field(body, names[k]);
+		if (!v)
+			continue;
+		if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+			return fail(e, 400, names[k], NULL, "'%s' must be an integer", names[k]);
+		if (v->valuedouble < 1)
+			return fail(e, 400, names[k], NULL, "'%s' must be at least 1, got %.0f", names[k], v->valuedouble);
+		mt = v->valuedouble > 1e9 ? 1000000000 : (int64_t)v->valuedouble;
+	}
+	r->max_tokens = (int)mt;
+	i = 1;
+	if (get_int(body, "n", 1, ENG_API_MAX_N, &i, e))
+		return SH_ERR;
+	r->n = (int)i;
+	if (parse_stop(body, p, e))
+		return SH_ERR;
+	/* logprobs: an integer for completions, a boolean (+ top_logprobs) for chat */
+	const cJSON *lp = field(body, "logprobs");
+	if (r->kind == ENG_API_CHAT) {
+		int on = 0;
+		int64_t top = 0;
+		if (get_bool(body, "logprobs", &on, e) || get_int(body, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &top, e))
+			return SH_ERR;
+		p->logprobs = on ? (int)top : -1;
+	} else if (lp && r->kind == ENG_API_COMPLETIONS) {
+		int64_t k = 0;
+		if (get_int(body, "logprobs", 0, ENG_MAX_TOP_LOGPROBS, &k, e))
+			return SH_ERR;
+		p->logprobs = (int)k;
+	}
+	r->logprobs = p->logprobs;
+	if (get_bool(body, "stream", &r->stream, e) || get_bool(body, "echo", &r->echo, e))
+		return SH_ERR;
+	const cJSON *so = field(body, "stream_options");
+	if (so) {
+		if (!cJSON_IsObject(so))
+			return fail(e, 400, "stream_options", NULL, "'stream_options' must be an object");
+		if (get_bool(so, "include_usage", &r->include_usage, e))
+			return SH_ERR;
+	}
+	return SH_OK;
+}
+
+/* Responses API input -> chat messages (the renderer's input). */
+static cJSON *responses_messages(const cJSON *body, struct eng_api_err *e)
+{
+	cJSON *msgs = cJSON_CreateArray();
+	const cJSON *ins = field(body, "instructions"), *in = field(body, "input");
+	if (ins) {
+		if (!cJSON_IsString(ins)) {
+			fail(e, 400, "instructions", NULL, "'instructions' must be a string");
+			goto bad;
+		}
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "role", "system");
+		cJSON_AddStringToObject(m, "content", ins->valuestring);
+		cJSON_AddItemToArray(msgs, m);
+	}
+	if (!in) {
+		fail(e, 400, "input", NULL, "'input' is required");
+		goto bad;
+	}
+	if (cJSON_IsString(in)) {
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "role", "user");
+		cJSON_AddStringToObject(m, "content", in->valuestring);
+		cJSON_AddItemToArray(msgs, m);
+		return msgs;
+	}
+	if (!cJSON_IsArray(in)) {
+		fail(e, 400, "input", NULL, "'input' must be a string or a list of items");
+		goto bad;
+	}
+	const cJSON *it;
+	cJSON_ArrayForEach(it, in) {
+		if (!cJSON_IsObject(it)) {
+			fail(e, 400, "input", NULL, "'input' items must be objects");
+			goto bad;
+		}
+		const cJSON *type = field(it, "type"), *role = field(it, "role"), *content = field(it, "content");
+		const char *ty = cJSON_IsString(type) ? type->valuestring : "message";
+		const char *ro = cJSON_IsString(role) ? role->valuestring : "user";
+		/* text of the item */
+		char *text = NULL;
+		if (!strcmp(ty, "message")) {
+			if (!strcmp(ro, "developer"))
+				ro = "system";
+			if (cJSON_IsString(content)) {
+				text = sh_strdup(content->valuestring);
+			} else if (cJSON_IsArray(content)) {
+				size_t len = 0;
+				const cJSON *part;
+				text = sh_strdup("");
+				cJSON_ArrayForEach(part, content) {
+					const cJSON *t = field(part, "text");
+					if (!cJSON_IsString(t))
+						continue;
+					size_t k = strlen(t->valuestring);
+					text = sh_realloc(text, len + k + 2);
+					if (len)
+						text[len++] = '\n';
+					memcpy(text + len, t->valuestring, k + 1);
+					len += k;
+				}
+			} else {
+				text = sh_strdup("");
+			}
+		} else if (!strcmp(ty, "function_call")) {
+			const cJSON *n = field(it, "name"), *a = field(it, "arguments");
+			size_t k = 64 + (cJSON_IsString(n) ? strlen(n->valuestring) : 0) + (cJSON_IsString(a) ? strlen(a->valuestring) : 0);
+			text = sh_malloc(k);
+			snprintf(text, k, "[call %s(%s)]", cJSON_IsString(n) ? n->valuestring : "", cJSON_IsString(a) ? a->valuestring : "");
+			ro = "assistant";
+		} else if (!strcmp(ty, "function_call_output")) {
+			const cJSON *o = field(it, "output");
+			text = sh_strdup(cJSON_IsString(o) ? o->valuestring : "");
+			ro = "user";
+		} else {
+			continue;  /* reasoning and other item types carry nothing we render */
+		}
+		cJSON *m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "role", ro);
+		cJSON_AddStringToObject(m, "content", text);
+		free(text);
+		cJSON_AddItemToArray(msgs, m);
+	}
+	return msgs;
+bad:
+	cJSON_Delete(msgs);
+	return NULL;
+}
+
+static int build_one(const struct eng_api_ctx *ctx, const cJSON *body, struct sh_prompt *p, const char *param,
+		     struct eng_api_err *e)
+{
+	struct sh_err err = {{0}};
+	sh_prompt_init(p);
+	int rc = sh_prompt_build(ctx->tok, ctx->chat, body, ctx->model, (size_t)ctx->block_size, p, &err);
+	if (rc == SH_TOOBIG)
+		return fail(e, 413, param, NULL, "%s", err.msg);
+	if (rc != SH_OK)
+		return fail(e, 400, param, NULL, "%s", err.msg);
+	for (size_t i = 0; i < p->ids.n; i++)
+		if (p->ids.ids[i] < 0 || (size_t)p->ids.ids[i] >= sh_tok_vocab_size(ctx->tok))
+			return fail(e, 400, param, NULL, "token id %d is out of the vocabulary (%zu)", p->ids.ids[i],
+				    sh_tok_vocab_size(ctx->tok));
+	return SH_OK;
+}
+
+static void add_prompt(struct eng_api_req *r, int *cap)
+{
+	if (r->n_prompts == *cap) {
+		*cap = *cap ? *cap * 2 : 4;
+		r->prompts = sh_realloc(r->prompts, sizeof(*r->prompts) * (size_t)*cap);
+		r->prompt_texts = sh_realloc(r->prompt_texts, sizeof(char *) * (size_t)*cap);
+	}
+	r->prompt_texts[r->n_prompts] = NULL;
+	r->n_prompts++;
+}
+
+/* /v1/completions: prompt as a string, a list of strings, a list of ids or a list of such lists;
+ * each element is one prompt (choices prompt_index * n + i). */
+static int build_completions(const struct eng_api_ctx *ctx, struct eng_api_req *r, struct eng_api_err *e)
+{
+	const cJSON *pr = field(r->body, "prompt");
+	int cap = 0;
+	if (!pr)
+		return fail(e, 400, "prompt", NULL, "'prompt' is required");
+	int list_of_many = cJSON_IsArray(pr) && cJSON_GetArraySize(pr) > 0 &&
+			   (cJSON_IsString(cJSON_GetArrayItem(pr, 0)) || cJSON_IsArray(cJSON_GetArrayItem(pr, 0)));
+	int n = list_of_many ? cJSON_GetArraySize(pr) : 1;
+	if (!cJSON_IsString(pr) && !cJSON_IsArray(pr))
+		return fail(e, 400, "prompt", NULL, "'prompt' must be a string, a list of strings or a list of token ids");
+	if (n > ENG_API_MAX_PROMPTS)
+		return fail(e, 400, "prompt", NULL, "at most %d prompts per request", ENG_API_MAX_PROMPTS);
+	for (int i = 0; i < n; i++) {
+		const cJSON *el = list_of_many ? cJSON_GetArrayItem(pr, i) : pr;
+		if (list_of_many && !cJSON_IsString(el) && !cJSON_IsArray(el))
+			return fail(e, 400, "prompt", NULL, "'prompt' must be a string, a list of strings or a list of token ids");
+		cJSON *one = cJSON_Duplicate(r->body, 1);
+		cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(el, 1));
+		add_prompt(r, &cap);
+		int rc = build_one(ctx, one, &r->prompts[r->n_prompts - 1], "prompt", e);
+		cJSON_Delete(one);
+		if (rc)
+			return rc;
+		if (r->echo)
+			r->prompt_texts[r->n_prompts - 1] =
+				cJSON_IsString(el) ? sh_strdup(el->valuestring)
+						   : sh_tok_decode(ctx->tok, r->prompts[r->n_prompts - 1].ids.ids,
+								   r->prompts[r->n_prompts - 1].ids.n, 0, NULL, NULL);
+	}
+	return SH_OK;
+}
+
+static int check_fits(const struct eng_api_ctx *ctx, const struct eng_api_req *r, const char *param,
+		      struct eng_api_err *e)
+{
+	for (int i = 0; i < r->n_prompts; i++) {
+		int n = (int)r->prompts[i].ids.n;
+		if (n == 0)
+			return fail(e, 400, param, NULL, "the prompt is empty (no tokens)");
+		if (n >= ctx->max_model_len)
+			return fail(e, 400, param, "context_length_exceeded",
+				    "This model's maximum context length is %d tokens. However, your request has %d input "
+				    "tokens, which leaves no room for output. Please reduce the length of the input.",
+				    ctx->max_model_len, n);
+	}
+	return SH_OK;
+}
+
+int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, enum eng_api_kind kind,
+		  struct eng_api_req *r, struct eng_api_err *e)
+{
+	memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->max_tokens = -1;
+	r->logprobs = -1;
+	r->par.logprobs = -1;
+	r->n = 1;
+	r->body = cJSON_ParseWithLength(body, len);
+	if (!r->body)
+		return fail(e, 400, NULL, NULL, "the body is not valid JSON");
+	if (!cJSON_IsObject(r->body))
+		return fail(e, 400, NULL, NULL, "the body must be a JSON object");
+	const cJSON *model = field(r->body, "model");
+	if (model && !cJSON_IsString(model))
+		return fail(e, 400, "model", NULL, "'model' must be a string");
+	if (model && *model->valuestring && strcmp(model->valuestring, ctx->model))
+		return fail(e, 404, "model", "model_not_found", "The model `%s` does not exist.", model->valuestring);
+
+	if (kind == ENG_API_TOKENIZE) {
+		int cap = 0;
+		r->add_special = 1;
+		if (get_bool(r->body, "add_special_tokens", &r->add_special, e))
+			return SH_ERR;
+		const char *param = field(r->body, "messages") ? "messages" : "prompt";
+		if (!field(r->body, param))
+			return fail(e, 400, "prompt", NULL, "'prompt' or 'messages' is required");
+		add_prompt(r, &cap);
+		return build_one(ctx, r->body, &r->prompts[0], param, e);
+	}
+	if (parse_sampling(r->body, r, e))
+		return SH_ERR;
+	if (kind == ENG_API_COMPLETIONS) {
+		if (build_completions(ctx, r, e))
+			return SH_ERR;
+		return check_fits(ctx, r, "prompt", e);
+	}
+	int cap = 0;
+	if (kind == ENG_API_RESPONSES) {
+		cJSON *msgs = responses_messages(r->body, e);
+		if (!msgs)
+			return SH_ERR;
+		cJSON *chat = cJSON_CreateObject();
+		cJSON_AddItemToObject(chat, "messages", msgs);
+		add_prompt(r, &cap);
+		int rc = build_one(ctx, chat, &r->prompts[0], "input", e);
+		cJSON_Delete(chat);
+		if (rc)
+			return rc;
+		r->n = 1;
+		return check_fits(ctx, r, "input", e);
+	}
+	const cJSON *msgs = field(r->body, "messages");
+	if (!cJSON_IsArray(msgs))
+		return fail(e, 400, "messages", NULL, "'messages' must be a list of messages");
+	if (!ctx->chat)
+		return fail(e, 400, "messages", NULL, "this model has no chat template; use /v1/completions");
+	add_prompt(r, &cap);
+	if (build_one(ctx, r->body, &r->prompts[0], "messages", e))
+		return SH_ERR;
+	return check_fits(ctx, r, "messages", e);
+}
+
+void eng_api_req_release(struct eng_api_req *r)
+{
+	cJSON_Delete(r->body);
+	for (int i = 0; i < r->n_prompts; i++) {
+		sh_prompt_release(&r->prompts[i]);
+		free(r->prompt_texts[i]);
+	}
+	free(r->prompts);
+	free(r->prompt_texts);
+	eng_seq_params_release(&r->par);
+	memset(r, 0, sizeof(*r));
+}
+
+int eng_api_max_tokens(const struct eng_api_ctx *ctx, const struct eng_api_req *r, int n_prompt)
+{
+	int room = SH_MIN(ctx->max_model_len, ctx->capacity) - n_prompt;
+	if (room < 1)
+		room = 1;
+	return r->max_tokens > 0 && r->max_tokens < room ? r->max_tokens : room;
+}
+
+void eng_api_seq_params(const struct eng_api_req *r, int choice, uint64_t random_seed, int max_tokens,
+			struct eng_seq_params *out)
+{
+	*out = r->par;
+	out->stop = NULL;
+	out->stop_ids = NULL;
+	if (r->par.n_stop) {
+		out->stop = sh_calloc((size_t)r->par.n_stop, sizeof(char *));
+		for (int i = 0; i < r->par.n_stop; i++)
+			out->stop[i] = sh_strdup(r->par.stop[i]);
+	}
+	if (r->par.n_stop_ids) {
+		out->stop_ids = sh_malloc(sizeof(int32_t) * (size_t)r->par.n_stop_ids);
+		memcpy(out->stop_ids, r->par.stop_ids, sizeof(int32_t) * (size_t)r->par.n_stop_ids);
+	}
+	out->seed = r->seeded ? r->par.seed + (uint64_t)choice : random_seed;
+	out->max_tokens = max_tokens;
+}
+
+const char *eng_api_finish_name(int fin)
+{
+	switch (fin) {
+	case ENG_FIN_STOP: return "stop";
+	case ENG_FIN_LENGTH: return "length";
+	case ENG_FIN_ABORT: return "abort";
+	case ENG_FIN_ERROR: return "error";
+	default: return NULL;
+	}
+}
+
+/* A JSON string of n bytes of UTF-8 that may hold NUL bytes (a model can produce them): cJSON's
+ * strings stop at NUL, so the literal is escaped here and added raw. */
+cJSON *eng_api_jstr(const char *p, size_t n)
+{
+	char *o = sh_malloc(n * 6 + 3), *q = o;
+	*q++ = '"';
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)p[i];
+		if (ch == '"' || ch == '\\') {
+			*q++ = '\\';
+			*q++ = (char)ch;
+		} else if (ch == '\n') {
+			*q++ = '\\';
+			*q++ = 'n';
+		} else if (ch < 0x20 || ch == 0x7f) {
+			q += sprintf(q, "\\u%04x", ch);
+		} else {
+			*q++ = (char)ch;
+		}
+	}
+	*q++ = '"';
+	*q = 0;
+	cJSON *r = cJSON_CreateRaw(o);
+	free(o);
+	return r;
+}
+
