@@ -54,6 +54,13 @@ struct eng_backend {
 	void (*silu_mul)(struct eng_backend *be, float *g, int ldg, const float *u, int ldu, int n, int dim);
 	/* y += x, n values */
 	void (*add)(struct eng_backend *be, float *y, const float *x, size_t n);
+	/* rows x width bytes from src (row pitch spitch) to dst (pitch dpitch), both backend memory;
+	 * the regions do not overlap (the forward pass's gathers: q_pe out of q, the naive MLA prefill's
+	 * k/v reshuffle) */
+	void (*copy2d)(struct eng_backend *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+		       size_t width, size_t rows);
+	/* bytes of backend memory at p set to 0 */
+	void (*zero)(struct eng_backend *be, void *p, size_t bytes);
 
 	/* writes row i (rows + i*ld, kv->shape.row_elems values) at b->pos[i] of its sequence; the
 	 * blocks must have been prepared (eng_kv_seq_prepare) */

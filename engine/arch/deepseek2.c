@@ -89,24 +89,19 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 			float *vf = kf + (size_t)ctx * nh * qk;           /* (ctx, nh, dv) */
 			be->kv_gather(be, kv, l, b->seqs[0], ctx, cg);
 			be->matmul(be, cg, R + dr, ctx, &L->kv_b, NULL, kb, nh * (dn + dv));
-			/* host-side reshuffle: the CPU backend's memory is the host's */
-			for (int p = 0; p < ctx; p++)
-				for (int h = 0; h < nh; h++) {
-					const float *src = kb + ((size_t)p * nh + h) * (dn + dv);
-					memcpy(kf + ((size_t)p * nh + h) * qk, src, sizeof(float) * (size_t)dn);
-					memcpy(kf + ((size_t)p * nh + h) * qk + dn, cg + (size_t)p * (R + dr) + R,
-					       sizeof(float) * (size_t)dr);
-					memcpy(vf + ((size_t)p * nh + h) * dv, src + dn, sizeof(float) * (size_t)dv);
-				}
+			/* reshuffle in backend memory: k = [k_nope_h | k_pe] per head, v per head */
+			size_t F = sizeof(float);
+			be->copy2d(be, kf, qk * F, kb, (size_t)(dn + dv) * F, dn * F, (size_t)ctx * nh);
+			for (int h = 0; h < nh; h++)
+				be->copy2d(be, kf + (size_t)h * qk + dn, (size_t)nh * qk * F, cg + R, (size_t)(R + dr) * F,
+					   dr * F, (size_t)ctx);
+			be->copy2d(be, vf, dv * F, kb + dn, (size_t)(dn + dv) * F, dv * F, (size_t)ctx * nh);
 			be->attn_dense(be, q, b->pos, n, kf, vf, ctx, nh, qk, dv, c->softmax_scale, att); /* (n, nh*dv) */
 		} else {
-			for (int h = 0; h < nh; h++) {
-				/* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
+			for (int h = 0; h < nh; h++) /* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
 				be->matmul(be, q + (size_t)h * qk, nh * qk, n, &L->uk_t[h], NULL, qlat + (size_t)h * R, nh * R);
-				for (int i = 0; i < n; i++)
-					memcpy(qpe + ((size_t)i * nh + h) * dr, q + ((size_t)i * nh + h) * qk + dn,
-					       sizeof(float) * (size_t)dr);
-			}
+			be->copy2d(be, qpe, sizeof(float) * dr, q + dn, sizeof(float) * qk, sizeof(float) * dr,
+				   (size_t)n * nh);                                           /* (n, nh, dr) */
 			be->attn_mla(be, kv, l, b, qlat, qpe, nh, R, dr, c->softmax_scale, olat); /* (n, nh, R) */
 			for (int h = 0; h < nh; h++) /* out_h (n, dv) = o_lat_h (n, R) . W_UV_h^T */
 				be->matmul(be, olat + (size_t)h * R, nh * R, n, &L->uv[h], NULL, att + (size_t)h * dv, nh * dv);
@@ -121,7 +116,7 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 						  c->topk_group, c->norm_topk_prob, c->routed_scaling};
 			be->matmul(be, xn, H, n, &L->router, NULL, rl, E);                    /* (n, E) */
 			be->moe_route(be, rl, n, &r, idx, wt);                                /* (n, K) */
-			memset(tmp, 0, sizeof(float) * (size_t)n * H);
+			be->zero(be, tmp, sizeof(float) * (size_t)n * H);
 			be->moe_ffn(be, xn, n, H, idx, wt, K, E, L->e_gate, L->e_up, L->e_down, tmp, moe_s); /* (n, H) */
 			be->add(be, x, tmp, (size_t)n * H);
 			if (!c->n_shared)

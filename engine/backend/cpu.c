@@ -227,6 +227,20 @@ static void cpu_add(struct eng_backend *be, float *y, const float *x, size_t n)
 		y[i] += x[i];
 }
 
+static void cpu_copy2d(struct eng_backend *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+		       size_t width, size_t rows)
+{
+	(void)be;
+	for (size_t r = 0; r < rows; r++)
+		memcpy((uint8_t *)dst + r * dpitch, (const uint8_t *)src + r * spitch, width);
+}
+
+static void cpu_zero(struct eng_backend *be, void *p, size_t bytes)
+{
+	(void)be;
+	memset(p, 0, bytes);
+}
+
 /* ---- KV cache ---- */
 
 static const uint8_t *kv_slot(const struct eng_kv *kv, int layer, const struct eng_kv_seq *s, int p, int *slot)
@@ -540,6 +554,8 @@ struct eng_backend *eng_cpu_new(int n_threads)
 	be->rope = cpu_rope;
 	be->silu_mul = cpu_silu_mul;
 	be->add = cpu_add;
+	be->copy2d = cpu_copy2d;
+	be->zero = cpu_zero;
 	be->kv_write = cpu_kv_write;
 	be->kv_gather = cpu_kv_gather;
 	be->attn_gqa = cpu_attn_gqa;

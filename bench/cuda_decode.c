@@ -1,0 +1,289 @@
+/* cuda_decode.c: decode speed of the CUDA backend at the full DeepSeek-Coder-V2-Lite shape with
+ * random bf16 weights made on the GPU (no download): for KV bf16 ("auto"), fp8 and int8, decode
+ * ms/step and tokens/s at batch 1, 8, 32 with 512 and 8192 tokens of context; time to first token
+ * of a 2048-token prompt; bytes one step reads (weights of the experts a uniform router touches +
+ * the KV cache) over the measured device-to-device copy bandwidth (% of roofline).
+ * Usage: cuda_decode [--quick]. Prints a table; the notes are bench/NOTES-cuda.md. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/backend.h"
+#include "engine/backend/cuda.h"
+#include "engine/model.h"
+
+int bench_fill_bf16(void *p, size_t n, unsigned long long seed, float scale);
+
+static const char *CONFIG = "{\"architectures\":[\"DeepseekV2ForCausalLM\"],\"model_type\":\"deepseek_v2\","
+	"\"vocab_size\":102400,\"hidden_size\":2048,\"intermediate_size\":10944,\"moe_intermediate_size\":1408,"
+	"\"num_hidden_layers\":27,\"num_attention_heads\":16,\"num_key_value_heads\":16,\"n_shared_experts\":2,"
+	"\"n_routed_experts\":64,\"num_experts_per_tok\":6,\"routed_scaling_factor\":1.0,\"kv_lora_rank\":512,"
+	"\"qk_nope_head_dim\":128,\"qk_rope_head_dim\":64,\"v_head_dim\":128,\"topk_method\":\"greedy\","
+	"\"n_group\":1,\"topk_group\":1,\"scoring_func\":\"softmax\",\"norm_topk_prob\":false,"
+	"\"first_k_dense_replace\":1,\"moe_layer_freq\":1,\"hidden_act\":\"silu\","
+	"\"max_position_embeddings\":163840,\"rms_norm_eps\":1e-06,\"attention_bias\":false,"
+	"\"attention_dropout\":0.0,\"tie_word_embeddings\":false,\"bos_token_id\":100000,\"eos_token_id\":100001,"
+	"\"initializer_range\":0.02,\"use_cache\":true,\"torch_dtype\":\"bfloat16\",\"q_lora_rank\":null,"
+	"\"rope_theta\":10000,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":40,"
+	"\"original_max_position_embeddings\":4096,\"beta_fast\":32,\"beta_slow\":1,\"mscale\":0.707,"
+	"\"mscale_all_dim\":0.707}}";
+
+static struct eng_backend *be;
+static unsigned long long seed = 1;
+static double wbytes; /* bytes of weights allocated */
+
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static void *dev(size_t bytes)
+{
+	void *p = be->alloc(be, bytes);
+	if (!p) {
+		fprintf(stderr, "out of device memory (%zu bytes)\n", bytes);
+		exit(2);
+	}
+	return p;
+}
+
+static struct eng_w W(int rows, int cols)
+{
+	void *p = dev((size_t)rows * cols * 2);
+	bench_fill_bf16(p, (size_t)rows * cols, seed++, 1.0f / sqrtf((float)cols));
+	wbytes += (double)rows * cols * 2;
+	return (struct eng_w){p, ENG_DT_BF16, rows, cols, (size_t)cols};
+}
+
+static float *ones(int n)
+{
+	float *h = malloc(sizeof(float) * n), *d = dev(sizeof(float) * n);
+	for (int i = 0; i < n; i++)
+		h[i] = 1.0f;
+	be->to_dev(be, d, h, sizeof(float) * n);
+	free(h);
+	return d;
+}
+
+static struct eng_model *build(int max_tokens)
+{
+	struct sh_err err;
+	struct eng_model *m = calloc(1, sizeof(*m));
+	if (eng_config_parse(CONFIG, &m->cfg, &err) || eng_rope_init(&m->rope, &m->cfg.rope, &err)) {
+		fprintf(stderr, "config: %s\n", err.msg);
+		exit(2);
+	}
+	const struct eng_config *c = &m->cfg;
+	m->be = be;
+	m->opts = (struct eng_model_opts){.dtype = -1, .max_tokens = max_tokens};
+	int H = c->hidden, nh = c->n_heads, dn = c->qk_nope_dim, dr = c->qk_rope_dim, dv = c->v_head_dim;
+	int R = c->kv_lora_rank, E = c->n_routed, I = c->moe_intermediate;
+	m->embed = W(c->vocab, H);
+	m->lm_head = W(c->vocab, H);
+	m->final_norm = ones(H);
+	m->layers = calloc(c->n_layers, sizeof(struct eng_layer));
+	for (int l = 0; l < c->n_layers; l++) {
+		struct eng_layer *L = &m->layers[l];
+		L->attn_norm = ones(H), L->mlp_norm = ones(H), L->kv_a_norm = ones(R);
+		L->q = W(nh * (dn + dr), H);
+		L->kv_a = W(R + dr, H);
+		L->kv_b = W(nh * (dn + dv), R);
+		L->wo = W(H, nh * dv);
+		L->uk_t = calloc(nh, sizeof(struct eng_w));
+		L->uv = calloc(nh, sizeof(struct eng_w));
+		for (int h = 0; h < nh; h++) {
+			L->uk_t[h] = W(R, dn);
+			L->uv[h] = (struct eng_w){(const uint16_t *)L->kv_b.data + ((size_t)h * (dn + dv) + dn) * R,
+						  ENG_DT_BF16, dv, R, (size_t)R};
+		}
+		L->moe = eng_config_layer_is_moe(c, l);
+		if (L->moe) {
+			L->router = W(E, H);
+			L->e_gate = calloc(E, sizeof(struct eng_w));
+			L->e_up = calloc(E, sizeof(struct eng_w));
+			L->e_down = calloc(E, sizeof(struct eng_w));
+			for (int e = 0; e < E; e++) {
+				L->e_gate[e] = W(I, H);
+				L->e_up[e] = W(I, H);
+				L->e_down[e] = W(H, I);
+			}
+			L->gate = W(I * c->n_shared, H);
+			L->up = W(I * c->n_shared, H);
+			L->down = W(H, I * c->n_shared);
+		} else {
+			L->gate = W(c->intermediate, H);
+			L->up = W(c->intermediate, H);
+			L->down = W(H, c->intermediate);
+		}
+	}
+	m->ws_floats = (size_t)max_tokens * (c->hidden + c->vocab) + eng_deepseek2_ws(c, max_tokens, 2048);
+	m->ws = dev(m->ws_floats * sizeof(float));
+	m->ws_idx = dev(sizeof(int32_t) * max_tokens * c->top_k);
+	return m;
+}
+
+/* bf16 weight bytes one decode step of B tokens reads (uniform routing), lm_head included */
+static double step_weight_bytes(const struct eng_config *c, int B)
+{
+	double H = c->hidden, nh = c->n_heads, R = c->kv_lora_rank, E = c->n_routed, I = c->moe_intermediate;
+	double attn = nh * (c->qk_nope_dim + c->qk_rope_dim) * H + (R + c->qk_rope_dim) * H +
+		      nh * R * c->qk_nope_dim * 2 + H * nh * c->v_head_dim;
+	double touched = E * (1.0 - pow(1.0 - (double)c->top_k / E, B));
+	double moe = E * H + 3.0 * I * c->n_shared * H + touched * 3.0 * I * H;
+	double dense = 3.0 * c->intermediate * H;
+	return 2.0 * (c->n_layers * attn + dense + (c->n_layers - 1) * moe + (double)c->vocab * H);
+}
+
+static double copy_bandwidth(void)
+{
+	size_t n = (size_t)2 << 30;
+	void *a = dev(n), *b = dev(n);
+	cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+	cudaDeviceSynchronize();
+	double t = now();
+	for (int i = 0; i < 10; i++)
+		cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+	cudaDeviceSynchronize();
+	t = now() - t;
+	be->release(be, a);
+	be->release(be, b);
+	return 2.0 * n * 10 / t;
+}
+
+int main(int argc, char **argv)
+{
+	int quick = argc > 1 && !strcmp(argv[1], "--quick");
+	struct sh_err err;
+	be = eng_cuda_new(0, &err);
+	if (!be) {
+		fprintf(stderr, "no CUDA device: %s\n", err.msg);
+		return 77;
+	}
+	char desc[256];
+	eng_cuda_describe(be, desc, sizeof(desc));
+	double bw = copy_bandwidth();
+	printf("device: %s; device-to-device copy %.0f GB/s\n", desc, bw / 1e9);
+	double t0 = now();
+	struct eng_model *m = build(2048);
+	const struct eng_config *c = &m->cfg;
+	size_t fr, tot;
+	int uni;
+	eng_cuda_mem_info(be, &fr, &tot, &uni, &err);
+	printf("weights %.2f GB (random bf16, made in %.1f s); workspace %.2f GB; device free %.1f of %.1f GB\n",
+	       wbytes / 1e9, now() - t0, m->ws_floats * 4e-9, fr / 1e9, tot / 1e9);
+	printf("bf16 weight bytes per decode step: batch 1 %.2f GB, 8 %.2f GB, 32 %.2f GB (lm_head included)\n",
+	       step_weight_bytes(c, 1) / 1e9, step_weight_bytes(c, 8) / 1e9, step_weight_bytes(c, 32) / 1e9);
+
+	struct eng_kv_shape shape;
+	eng_model_kv_shape(m, &shape);
+	int fmts[3] = {ENG_KV_BF16, ENG_KV_FP8, ENG_KV_INT8};
+	int Bs[3] = {1, 8, 32}, ctxs[2] = {512, 8192}, steps = quick ? 5 : 12, warm = 2;
+	int maxB = 32, maxctx = 8192 + 64;
+	float *logits = malloc(sizeof(float) * (size_t)maxB * c->vocab);
+	printf("\n%-5s %5s %6s %10s %10s %9s %9s %7s\n", "kv", "batch", "ctx", "ms/step", "tokens/s", "GB/step", "GB/s",
+	       "%copy");
+	for (int fi = 0; fi < 3; fi++) {
+		int nblk = maxB * ((maxctx + 15) / 16) + 8;
+		struct eng_kv *kv = eng_kv_new(be, fmts[fi], &shape, nblk, &err);
+		if (!kv) {
+			fprintf(stderr, "kv: %s\n", err.msg);
+			return 2;
+		}
+		struct eng_kv_seq *seqs = calloc(maxB, sizeof(*seqs));
+		struct eng_kv_seq **sp = calloc(maxB, sizeof(void *));
+		/* fill every sequence's first 8192 positions with random rows through kv_write */
+		int chunk = 512, E = shape.row_elems;
+		float *rows_h = malloc(sizeof(float) * chunk * E), *rows_d = dev(sizeof(float) * chunk * E);
+		for (int i = 0; i < chunk * E; i++)
+			rows_h[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+		be->to_dev(be, rows_d, rows_h, sizeof(float) * chunk * E);
+		int32_t pos[512], si[512];
+		for (int s = 0; s < maxB; s++) {
+			eng_kv_seq_init(&seqs[s]);
+			sp[s] = &seqs[s];
+			if (eng_kv_seq_prepare(kv, &seqs[s], 0, 8192, &err))
+				return 2;
+		}
+		for (int s = 0; s < maxB; s++)
+			for (int p0 = 0; p0 < 8192; p0 += chunk) {
+				for (int i = 0; i < chunk; i++)
+					pos[i] = p0 + i, si[i] = s;
+				struct eng_batch b = {chunk, NULL, pos, si, sp, maxB, NULL};
+				for (int l = 0; l < c->n_layers; l++)
+					be->kv_write(be, kv, l, &b, rows_d + (l % 7) * 16, E);
+			}
+		for (int bi = 0; bi < 3; bi++)
+			for (int ci = 0; ci < 2; ci++) {
+				int B = Bs[bi], ctx = ctxs[ci];
+				int32_t ids[32], ps[32], sx[32];
+				uint8_t want[32];
+				double tt = 0;
+				for (int st = 0; st < warm + steps; st++) {
+					for (int s = 0; s < B; s++) {
+						ids[s] = (int32_t)((s * 7919 + st * 104729) % c->vocab);
+						ps[s] = ctx + st, sx[s] = s, want[s] = 1;
+						if (eng_kv_seq_prepare(kv, &seqs[s], ps[s], 1, &err))
+							return 2;
+					}
+					struct eng_batch b = {B, ids, ps, sx, sp, maxB, want};
+					double t1 = now();
+					if (eng_model_forward(m, kv, &b, logits, &err)) {
+						fprintf(stderr, "forward: %s\n", err.msg);
+						return 2;
+					}
+					if (st >= warm)
+						tt += now() - t1;
+					for (int s = 0; s < B; s++)
+						seqs[s].n_tokens = ps[s] + 1;
+				}
+				double ms = tt / steps * 1e3;
+				double kvb = (double)B * (ctx + warm + steps / 2) * c->n_layers * eng_kv_bytes_per_token_layer(kv);
+				double by = step_weight_bytes(c, B) + kvb;
+				printf("%-5s %5d %6d %10.2f %10.1f %9.2f %9.0f %6.1f%%\n", eng_kv_fmt_name(fmts[fi]), B, ctx, ms,
+				       B / (ms * 1e-3), by / 1e9, by / (ms * 1e-3) / 1e9, 100.0 * by / (ms * 1e-3) / bw);
+				fflush(stdout);
+			}
+		for (int s = 0; s < maxB; s++)
+			eng_kv_seq_release(kv, &seqs[s]);
+		/* time to first token: one 2048-token prompt */
+		{
+			int n = 2048;
+			int32_t *tid = malloc(sizeof(int32_t) * n), *tp = malloc(sizeof(int32_t) * n), *ts = calloc(n, 4);
+			for (int i = 0; i < n; i++)
+				tid[i] = (i * 31 + 7) % c->vocab, tp[i] = i;
+			double best = 1e30;
+			for (int r = 0; r < (quick ? 2 : 3); r++) {
+				struct eng_kv_seq s1, *s1p = &s1;
+				eng_kv_seq_init(&s1);
+				if (eng_kv_seq_prepare(kv, &s1, 0, n, &err))
+					return 2;
+				struct eng_batch b = {n, tid, tp, ts, &s1p, 1, NULL};
+				double t1 = now();
+				if (eng_model_forward(m, kv, &b, logits, &err))
+					return 2;
+				double t = now() - t1;
+				best = t < best ? t : best;
+				eng_kv_seq_release(kv, &s1);
+			}
+			/* matrix work: 2 * tokens * active parameters (6 routed experts each) */
+			double act = step_weight_bytes(c, 1) / 2 - (double)c->vocab * c->hidden;
+			double tf = 2.0 * n * act / best / 1e12;
+			printf("%-5s TTFT 2048-token prompt: %.1f ms (%.0f TFLOP/s on the active weights, lm_head for the last "
+			       "token only)\n",
+			       eng_kv_fmt_name(fmts[fi]), best * 1e3, tf);
+			free(tid), free(tp), free(ts);
+		}
+		be->release(be, rows_d);
+		free(rows_h), free(seqs), free(sp);
+		eng_kv_free(kv);
+		if (quick)
+			break;
+	}
+	free(logits);
+	return 0;
+}

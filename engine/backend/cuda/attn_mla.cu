@@ -1,0 +1,375 @@
+/* attn_mla.cu: MLA decode in latent space over the paged cache, on the tensor cores.
+ *
+ * One block (4 warps) per (split of the context, token, group of 16 heads). The 16 heads are the M
+ * of mma.m16n8k16 (bf16 in, fp32 accumulate): each tile of 16 cached rows (one cache block) is read
+ * from memory once, turned into bf16 in shared memory (fp8 and int8 values are exact in bf16; their
+ * per-token scales are applied to the scores and folded into the probabilities, never to the
+ * values), and serves every head:
+ *   scores  S (16 heads, 16 pos) = Q (16, R + dr) . K^T, the latent and rope parts accumulated
+ *           apart so that each gets its own scale; warps split the K dimension;
+ *   softmax online per head (8 threads a head);
+ *   values  O (16 heads, R) += P (16, 16) . C (16 pos, R); each warp owns R/4 columns.
+ * Long contexts are split over blocks (flash-decoding); a second kernel merges the splits.
+ * Queries are rounded to bf16 (as FlashMLA does). Takes R % 32 == 0, R <= 512, dr <= 64,
+ * (R + dr) % 8 == 0 and the BF16/FP8/INT8/FP8_TENSOR formats; everything else, and exact mode,
+ * goes to the fp32 SIMT kernel (attn_gqa.cu). */
+#include "engine/backend/cuda/cu.h"
+
+#define MLA_NW 4
+#define MLA_T 16     /* positions per tile == ENG_KV_BLOCK_TOKENS */
+#define MLA_PS 24    /* row stride of P in bf16 (16 + 8: no bank conflicts) */
+#define MLA_MAXNT 16 /* n8 tiles of O per warp: R / 32 */
+#define MLA_LD 9     /* 8-value chunks each thread loads per tile: 16 * 576 / 8 / 128 */
+
+_Static_assert(MLA_T == ENG_KV_BLOCK_TOKENS, "an MLA tile is one cache block");
+
+struct mla_args {
+	const uint8_t *pool;
+	size_t lbb;
+	int n_layers, layer;
+	const int32_t *bp;
+	int n, maxb;
+	size_t scales_off;
+	int P;
+	float tscale;
+	const float *q_lat, *q_pe;
+	int nh, R, dr, W, WS; /* W = R + dr rounded up to 16; WS = W + 8 (row stride in smem) */
+	float scale;
+	int n_split, tps;
+	float *out, *po, *pml;
+};
+
+__device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+					 uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		     "{%0,%1,%2,%3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x2_trans(uint32_t &b0, uint32_t &b1, const void *p)
+{
+	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* 8 cached values of a row -> 8 bf16 (exact for every format but F32, which never comes here). */
+template <int FMT> __device__ __forceinline__ uint4 mla_load8(const uint8_t *vals, size_t e)
+{
+	if constexpr (FMT == ENG_KV_BF16) {
+		return *(const uint4 *)(vals + e * 2);
+	} else {
+		uint2 raw = *(const uint2 *)(vals + e);
+		uint32_t w[2] = {raw.x, raw.y}, o[4];
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			uint32_t two = (w[k >> 1] >> ((k & 1) * 16)) & 0xffffu;
+			float f0, f1;
+			if constexpr (FMT == ENG_KV_INT8) {
+				f0 = (float)(int8_t)(two & 0xff);
+				f1 = (float)(int8_t)(two >> 8);
+			} else {
+				__half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
+				float2 f = __half22float2(*(__half2 *)&h);
+				f0 = f.x, f1 = f.y;
+			}
+			o[k] = pack_bf16(f0, f1);
+		}
+		return make_uint4(o[0], o[1], o[2], o[3]);
+	}
+}
+
+template <int FMT> __global__ void __launch_bounds__(MLA_NW * 32) mla_mma_kernel(mla_args a)
+{
+	extern __shared__ __align__(16) uint8_t smem[];
+	__nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;  /* (16, WS) */
+	__nv_bfloat16 *Ks = Qs + 16 * a.WS;         /* (16, WS) */
+	__nv_bfloat16 *Ps = Ks + 16 * a.WS;         /* (16, MLA_PS) */
+	float *Sr = (float *)(Ps + 16 * MLA_PS);    /* (warps, 2, 16, 16) partial scores */
+	float *scl = Sr + MLA_NW * 2 * 256, *scr = scl + 16, *alpha = scr + 16, *lrow = alpha + 16, *mrow = lrow + 16;
+
+	int s = blockIdx.x, i = blockIdx.y, hg0 = blockIdx.z * 16;
+	int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
+	int ctx = a.bp[i] + 1, seq = a.bp[a.n + i];
+	const int32_t *tab = a.bp + 2 * a.n + (size_t)seq * a.maxb;
+	int ntiles = (ctx + MLA_T - 1) / MLA_T, t0 = s * a.tps, t1 = min(ntiles, t0 + a.tps);
+	int R = a.R, dr = a.dr, E = R + dr, WS = a.WS;
+
+	/* queries: unrolled so that many loads are in flight (a rolled loop waits on each one) */
+#pragma unroll 8
+	for (int x = tid; x < 16 * a.W; x += blockDim.x) {
+		int h = x / a.W, d = x % a.W, hh = hg0 + h;
+		float v = 0.0f;
+		if (hh < a.nh)
+			v = d < R ? a.q_lat[((size_t)i * a.nh + hh) * R + d]
+				  : d < E ? a.q_pe[((size_t)i * a.nh + hh) * dr + d - R] : 0.0f;
+		Qs[h * WS + d] = __float2bfloat16_rn(v);
+	}
+	for (int x = tid; x < 16 * (a.W - E); x += blockDim.x) /* rope padding columns stay zero */
+		Ks[(x / (a.W - E)) * WS + E + x % (a.W - E)] = __float2bfloat16_rn(0.0f);
+
+	float m_run = -INFINITY, l_run = 0.0f;
+	float acc[MLA_MAXNT][4];
+#pragma unroll
+	for (int j = 0; j < MLA_MAXNT; j++)
+		acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+	int ntw = R / 32, nks = a.W / 16, nkl = R / 16, cpr = E / 8;
+
+	for (int t = t0; t < t1; t++) {
+		__syncthreads(); /* the previous tile's readers are done with Ks, Ps */
+		int valid = min(MLA_T, ctx - t * MLA_T);
+		const uint8_t *lb = a.pool + ((size_t)tab[t] * a.n_layers + a.layer) * a.lbb;
+		/* every load of the tile in flight before the first store (MLA_LD per thread covers
+		 * 16 rows of up to 576 values) */
+		uint4 v[MLA_LD];
+#pragma unroll
+		for (int j = 0; j < MLA_LD; j++) {
+			int x = tid + j * MLA_NW * 32, p = x / cpr, ch = x % cpr;
+			v[j] = make_uint4(0, 0, 0, 0);
+			if (x < MLA_T * cpr && p < valid)
+				v[j] = mla_load8<FMT>(lb, (size_t)p * E + (size_t)ch * 8);
+		}
+#pragma unroll
+		for (int j = 0; j < MLA_LD; j++) {
+			int x = tid + j * MLA_NW * 32, p = x / cpr, ch = x % cpr;
+			if (x < MLA_T * cpr)
+				*(uint4 *)&Ks[p * WS + ch * 8] = v[j];
+		}
+		if (tid < MLA_T) {
+			float l = 0.0f, r = 0.0f;
+			if (tid < valid) {
+				if constexpr (FMT == ENG_KV_FP8 || FMT == ENG_KV_INT8) {
+					const float *sc = (const float *)(lb + a.scales_off) + (size_t)tid * a.P;
+					l = sc[0], r = sc[1];
+				} else if constexpr (FMT == ENG_KV_FP8_TENSOR) {
+					l = r = a.tscale;
+				} else {
+					l = r = 1.0f;
+				}
+			}
+			scl[tid] = l, scr[tid] = r;
+		}
+		__syncthreads();
+
+		/* scores: warps split the K dimension in steps of 16 */
+		float sl[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, sr[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+		for (int ks = w; ks < nks; ks += MLA_NW) {
+			int k0 = ks * 16 + 2 * t4;
+			uint32_t a0 = *(const uint32_t *)&Qs[g * WS + k0], a1 = *(const uint32_t *)&Qs[(g + 8) * WS + k0];
+			uint32_t a2 = *(const uint32_t *)&Qs[g * WS + k0 + 8], a3 = *(const uint32_t *)&Qs[(g + 8) * WS + k0 + 8];
+#pragma unroll
+			for (int nt = 0; nt < 2; nt++) {
+				uint32_t b0 = *(const uint32_t *)&Ks[(nt * 8 + g) * WS + k0];
+				uint32_t b1 = *(const uint32_t *)&Ks[(nt * 8 + g) * WS + k0 + 8];
+				if (ks < nkl)
+					mma_bf16(sl[nt], a0, a1, a2, a3, b0, b1);
+				else
+					mma_bf16(sr[nt], a0, a1, a2, a3, b0, b1);
+			}
+		}
+#pragma unroll
+		for (int nt = 0; nt < 2; nt++) {
+			float *d0 = Sr + (size_t)(w * 2) * 256, *d1 = Sr + (size_t)(w * 2 + 1) * 256;
+			int col = nt * 8 + 2 * t4;
+			d0[g * 16 + col] = sl[nt][0], d0[g * 16 + col + 1] = sl[nt][1];
+			d0[(g + 8) * 16 + col] = sl[nt][2], d0[(g + 8) * 16 + col + 1] = sl[nt][3];
+			d1[g * 16 + col] = sr[nt][0], d1[g * 16 + col + 1] = sr[nt][1];
+			d1[(g + 8) * 16 + col] = sr[nt][2], d1[(g + 8) * 16 + col + 1] = sr[nt][3];
+		}
+		__syncthreads();
+
+		/* online softmax: 8 threads per head, 2 positions each */
+		{
+			int h = tid >> 3, pp = (tid & 7) * 2;
+			float sv[2];
+#pragma unroll
+			for (int j = 0; j < 2; j++) {
+				int p = pp + j;
+				float L = 0.0f, Rr = 0.0f;
+#pragma unroll
+				for (int x = 0; x < MLA_NW; x++) {
+					L += Sr[(x * 2) * 256 + h * 16 + p];
+					Rr += Sr[(x * 2 + 1) * 256 + h * 16 + p];
+				}
+				sv[j] = p < valid ? (L * scl[p] + Rr * scr[p]) * a.scale : -INFINITY;
+			}
+			float tmax = fmaxf(sv[0], sv[1]);
+#pragma unroll
+			for (int o = 1; o < 8; o <<= 1)
+				tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+			float mn = fmaxf(m_run, tmax), al = expf(m_run - mn);
+			float e0 = expf(sv[0] - mn), e1 = expf(sv[1] - mn), es = e0 + e1;
+#pragma unroll
+			for (int o = 1; o < 8; o <<= 1)
+				es += __shfl_xor_sync(0xffffffffu, es, o);
+			l_run = l_run * al + es;
+			m_run = mn;
+			*(uint32_t *)&Ps[h * MLA_PS + pp] = pack_bf16(e0 * scl[pp], e1 * scl[pp + 1]);
+			if ((tid & 7) == 0)
+				alpha[h] = al;
+		}
+		__syncthreads();
+
+		/* O += P . C: warp w owns columns [w * R/4, (w + 1) * R/4) */
+		uint32_t pa0 = *(const uint32_t *)&Ps[g * MLA_PS + 2 * t4], pa1 = *(const uint32_t *)&Ps[(g + 8) * MLA_PS + 2 * t4];
+		uint32_t pa2 = *(const uint32_t *)&Ps[g * MLA_PS + 8 + 2 * t4];
+		uint32_t pa3 = *(const uint32_t *)&Ps[(g + 8) * MLA_PS + 8 + 2 * t4];
+		float al0 = alpha[g], al1 = alpha[g + 8];
+#pragma unroll
+		for (int j = 0; j < MLA_MAXNT; j++) {
+			if (j < ntw) {
+				acc[j][0] *= al0, acc[j][1] *= al0, acc[j][2] *= al1, acc[j][3] *= al1;
+				int n0 = (w * ntw + j) * 8;
+				uint32_t b0, b1;
+				ldsm_x2_trans(b0, b1, &Ks[(lane & 15) * WS + n0]);
+				mma_bf16(acc[j], pa0, pa1, pa2, pa3, b0, b1);
+			}
+		}
+	}
+
+	if ((tid & 7) == 0)
+		lrow[tid >> 3] = l_run, mrow[tid >> 3] = m_run;
+	__syncthreads();
+#pragma unroll
+	for (int j = 0; j < MLA_MAXNT; j++) {
+		if (j >= ntw)
+			break;
+		int col = (w * ntw + j) * 8 + 2 * t4;
+#pragma unroll
+		for (int half = 0; half < 2; half++) {
+			int row = g + half * 8, hh = hg0 + row;
+			float v0 = acc[j][half * 2], v1 = acc[j][half * 2 + 1];
+			if (a.n_split == 1) {
+				if (hh < a.nh) {
+					float inv = 1.0f / lrow[row];
+					float *o = a.out + ((size_t)i * a.nh + hh) * R + col;
+					o[0] = v0 * inv, o[1] = v1 * inv;
+				}
+			} else {
+				float *o = a.po + ((((size_t)i * a.n_split + s) * gridDim.z + blockIdx.z) * 16 + row) * R + col;
+				o[0] = v0, o[1] = v1;
+			}
+		}
+	}
+	if (a.n_split > 1 && tid < 16) {
+		float *ml = a.pml + ((((size_t)i * a.n_split + s) * gridDim.z + blockIdx.z) * 16 + tid) * 2;
+		ml[0] = mrow[tid], ml[1] = lrow[tid];
+	}
+}
+
+/* out (n, nh, R) from the splits' unnormalised partials and their (max, sum) per head: the split
+ * weights first (shared memory), then every column's sum with its loads independent. */
+#define MLA_MAXSPLIT 1024
+__global__ void mla_combine_kernel(const float *po, const float *pml, int n_split, int hgroups, int nh, int R,
+				   float *out)
+{
+	__shared__ float wsm[MLA_MAXSPLIT], red[2];
+	int h = blockIdx.x, i = blockIdx.y, z = h / 16, row = h % 16;
+	size_t base = ((size_t)i * n_split * hgroups + z) * 16 + row, step = (size_t)hgroups * 16;
+	for (int s = threadIdx.x; s < n_split; s += blockDim.x)
+		wsm[s] = pml[(base + s * step) * 2];
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		float M = -INFINITY, L = 0.0f;
+		for (int s = 0; s < n_split; s++)
+			M = fmaxf(M, wsm[s]);
+		for (int s = 0; s < n_split; s++) {
+			float l = pml[(base + s * step) * 2 + 1];
+			wsm[s] = l > 0.0f ? expf(wsm[s] - M) : 0.0f;
+			L += l * wsm[s];
+		}
+		red[0] = 1.0f / L;
+	}
+	__syncthreads();
+	float inv = red[0];
+	for (int d = threadIdx.x; d < R; d += blockDim.x) {
+		float v = 0.0f;
+#pragma unroll 8
+		for (int s = 0; s < n_split; s++)
+			v += wsm[s] * po[(base + s * step) * R + d];
+		out[((size_t)i * nh + h) * R + d] = v * inv;
+	}
+}
+
+template <int FMT> static void mla_launch(struct cu *c, dim3 grid, size_t smem, const mla_args &a)
+{
+	if (smem > 48 * 1024)
+		CU_CHECK(cudaFuncSetAttribute(mla_mma_kernel<FMT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	mla_mma_kernel<FMT><<<grid, MLA_NW * 32, smem, c->st>>>(a);
+	CU_LAUNCHED();
+}
+
+void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		 const float *q_lat, const float *q_pe, int nh, int R, int dr, float scale, float *out)
+{
+	struct cu *c = CU(be);
+	if (b->n <= 0)
+		return;
+	int fmt = kv->fmt;
+	int mma_ok = !c->exact && fmt != ENG_KV_F32 && R % 32 == 0 && R <= 512 && dr <= 64 && (R + dr) % 8 == 0 &&
+		     16 * (R + dr) / 8 <= MLA_LD * MLA_NW * 32 &&
+		     kv->shape.n_parts == 2 && kv->shape.part_off[1] == R;
+	if (!mma_ok) {
+		cu_attn_paged_simt(c, kv, layer, b, q_lat, nh * R, R, 0, 0, q_pe, nh * dr, dr, R, 1, nh, nh, 0, 0, R,
+				   scale, out, nh * R);
+		return;
+	}
+	mla_args a;
+	a.pool = kv->pool;
+	a.lbb = kv->layer_block_bytes;
+	a.n_layers = kv->shape.n_layers;
+	a.layer = layer;
+	a.bp = cu_batch(c, b, &a.maxb);
+	a.n = b->n;
+	a.scales_off = eng_kv_scales_off(fmt, (size_t)kv->block_tokens, (size_t)kv->shape.row_elems);
+	a.P = kv->shape.n_parts;
+	a.tscale = kv->tensor_scale;
+	a.q_lat = q_lat, a.q_pe = q_pe, a.nh = nh, a.R = R, a.dr = dr;
+	a.W = (R + dr + 15) / 16 * 16;
+	a.WS = a.W + 8;
+	a.scale = scale;
+	a.out = out;
+
+	/* splits: enough blocks to fill the device twice, at least 4 tiles each */
+	int max_ctx = 1;
+	for (int i = 0; i < b->n; i++)
+		max_ctx = SH_MAX(max_ctx, b->pos[i] + 1);
+	int tiles = cu_div_up(max_ctx, MLA_T), hgroups = cu_div_up(nh, 16);
+	int want = cu_div_up(2L * c->prop.multiProcessorCount, (long)b->n * hgroups);
+	int ns = SH_MAX(1, SH_MIN(SH_MIN(want, cu_div_up(tiles, 4)), MLA_MAXSPLIT));
+	a.tps = cu_div_up(tiles, ns);
+	a.n_split = cu_div_up(tiles, a.tps);
+	a.po = a.pml = NULL;
+	if (a.n_split > 1) {
+		size_t rows = (size_t)b->n * a.n_split * hgroups * 16;
+		a.po = (float *)cu_scratch(c, CU_SCR_OP, rows * ((size_t)R + 2) * sizeof(float));
+		a.pml = a.po + rows * R;
+	}
+	size_t smem = (size_t)16 * a.WS * 2 * 2 + 16 * MLA_PS * 2 + (MLA_NW * 2 * 256 + 16 * 5) * sizeof(float);
+	dim3 grid(a.n_split, b->n, hgroups);
+	switch (fmt) {
+	case ENG_KV_BF16:
+		mla_launch<ENG_KV_BF16>(c, grid, smem, a);
+		break;
+	case ENG_KV_FP8:
+		mla_launch<ENG_KV_FP8>(c, grid, smem, a);
+		break;
+	case ENG_KV_INT8:
+		mla_launch<ENG_KV_INT8>(c, grid, smem, a);
+		break;
+	default:
+		mla_launch<ENG_KV_FP8_TENSOR>(c, grid, smem, a);
+		break;
+	}
+	if (a.n_split > 1) {
+		mla_combine_kernel<<<dim3(nh, b->n), 128, 0, c->st>>>(a.po, a.pml, a.n_split, hgroups, nh, R, out);
+		CU_LAUNCHED();
+	}
+}

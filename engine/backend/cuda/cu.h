@@ -1,0 +1,260 @@
+/* cu.h: what the CUDA backend's files share: the backend's state, check macros, uploads of host
+ * arrays, scratch, and the device helpers (16-byte weight loads, KV dequantisation, reductions).
+ * One op per .cu file; backend.cu holds the table and the memory functions. */
+#ifndef ENG_CU_H
+#define ENG_CU_H
+
+#if defined(__cplusplus) && !defined(_Static_assert)
+#define _Static_assert static_assert /* kv_layout.h's size checks, in C++ */
+#endif
+
+extern "C" {
+#include "engine/backend.h"
+#include "engine/backend/cuda.h"
+}
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+/* Every CUDA and cuBLAS call goes through these (STYLE.md rule 14): a failure here is a broken
+ * device or a bug, so it prints where and aborts. */
+void cu_die(const char *what, const char *msg, const char *file, int line) __attribute__((noreturn));
+#define CU_CHECK(x)                                                                          \
+	do {                                                                                 \
+		cudaError_t e_ = (x);                                                        \
+		if (e_ != cudaSuccess)                                                       \
+			cu_die(#x, cudaGetErrorString(e_), __FILE__, __LINE__);              \
+	} while (0)
+#define CUBLAS_CHECK(x)                                                                      \
+	do {                                                                                 \
+		cublasStatus_t s_ = (x);                                                     \
+		if (s_ != CUBLAS_STATUS_SUCCESS)                                             \
+			cu_die(#x, cublasGetStatusString(s_), __FILE__, __LINE__);           \
+	} while (0)
+#define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
+
+/* Host arrays uploaded by content (see cu_upload). */
+enum { CU_UP_IDS, CU_UP_POS, CU_UP_BATCH, CU_UP_POS2, CU_UP_N };
+
+/* Scratch slots: an op's own workspace, and the GEMM's converted activations (an op that holds
+ * CU_SCR_OP may call cu_matmul). */
+enum { CU_SCR_OP, CU_SCR_GEMM, CU_SCR_N };
+
+struct cu_upload {
+	int32_t *dev;
+	size_t cap;   /* int32s */
+	int32_t *host; /* last uploaded contents */
+	size_t n;
+};
+
+/* Device tables of expert weight pointers, one per MoE layer (keyed by the host eng_w array). */
+struct cu_experts {
+	const struct eng_w *key;
+	const void **dev; /* 3 * E: gate, up, down */
+	const void **host; /* the same pointers on the host: the key's second half */
+	int E;
+};
+
+struct cu {
+	int device;
+	cudaDeviceProp prop;
+	cudaStream_t st;
+	cublasHandle_t blas;
+	int exact;
+	struct cu_upload up[CU_UP_N];
+	void *scratch[CU_SCR_N]; /* workspaces, grown on demand (see cu_scratch) */
+	size_t scratch_bytes[CU_SCR_N];
+	struct cu_experts *ex;
+	int n_ex;
+	int32_t *btmp;          /* host staging of cu_batch */
+	size_t btmp_cap;
+};
+
+static inline struct cu *CU(struct eng_backend *be)
+{
+	return (struct cu *)be->impl;
+}
+
+/* Device copy of n int32s at h in slot `slot`, re-uploaded only when the contents changed (the
+ * forward pass hands the same positions to several ops). Valid until the next call on that slot. */
+const int32_t *cu_upload(struct cu *c, int slot, const int32_t *h, size_t n);
+/* Scratch slot `slot` of at least bytes (device); contents live until the next call on that slot. */
+void *cu_scratch(struct cu *c, int slot, size_t bytes);
+
+/* The batch's positions, sequence indices and block tables as one device array:
+ * [pos (n) | seq_idx (n) | table (n_seqs * maxb)]; *maxb gets the table row length. */
+const int32_t *cu_batch(struct cu *c, const struct eng_batch *b, int *maxb);
+
+/* y (n, rows) [ldy] = x (n, cols) [ldx] . W^T (+ bias) on the stream (matmul.cu); the grouped MoE
+ * and the prefill paths use it too. */
+void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w *w, const float *bias, float *y,
+	       int ldy);
+
+/* ---- ops (one per file) ---- */
+void cu_embed(struct eng_backend *be, const struct eng_w *tab, const int32_t *ids, int n, float *out);
+void cu_matmul_op(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w, const float *bias,
+		  float *y, int ldy);
+void cu_rmsnorm(struct eng_backend *be, float *y, int ldy, const float *x, int ldx, int n, int dim, const float *w,
+		float eps);
+void cu_rope(struct eng_backend *be, float *x, int n, int n_heads, int ld_tok, int ld_head, const int32_t *pos,
+	     const struct eng_rope *r);
+void cu_silu_mul(struct eng_backend *be, float *g, int ldg, const float *u, int ldu, int n, int dim);
+void cu_add(struct eng_backend *be, float *y, const float *x, size_t n);
+void cu_kv_write(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, const float *rows,
+		 int ld);
+void cu_kv_gather(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_kv_seq *s,
+		  int n_tokens, float *out);
+void cu_attn_gqa(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		 const float *q, int n_heads, int n_kv_heads, int head_dim, float scale, float *out);
+void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		 const float *q_lat, const float *q_pe, int n_heads, int R, int dr, float scale, float *out);
+void cu_attn_dense(struct eng_backend *be, const float *q, const int32_t *pos, int n, const float *k, const float *v,
+		   int ctx, int n_heads, int dq, int dv, float scale, float *out);
+void cu_moe_route(struct eng_backend *be, const float *logits, int n, const struct eng_moe_route *r, int32_t *idx,
+		  float *wt);
+void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
+		int top_k, int n_experts, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down,
+		float *out, float *scratch);
+
+/* SIMT attention over the paged cache, fp32 (attn_gqa.cu): GQA, and MLA where the tensor-core
+ * kernel does not apply (F32 cache, exact mode, shapes it does not take). */
+void cu_attn_paged_simt(struct cu *c, const struct eng_kv *kv, int layer, const struct eng_batch *b, const float *qa,
+			int lda_tok, int da, int ka, int pa, const float *qb, int ldb_tok, int db, int kb, int pb,
+			int n_heads, int heads_per_kv, int va, int pv, int dv, float scale, float *out, int ldo_tok);
+
+/* ---- device helpers ---- */
+#ifdef __CUDACC__
+
+__device__ __forceinline__ float cu_bf16(uint16_t h)
+{
+	return __uint_as_float((uint32_t)h << 16);
+}
+
+__device__ __forceinline__ float cu_f16(uint16_t h)
+{
+	return __half2float(__ushort_as_half(h));
+}
+
+/* e4m3 -> float, exact (hardware conversion on sm_89+, emulated before). */
+__device__ __forceinline__ float cu_fp8(uint8_t v)
+{
+	__half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)v, __NV_E4M3);
+	return __half2float(__half(h));
+}
+
+/* Weight element types: load VEC consecutive elements as floats. VEC 8 (16-bit) / 4 (f32) are one
+ * 16-byte load; VEC 1 is the unaligned fallback. */
+template <typename T, int VEC> struct cu_wload;
+template <> struct cu_wload<uint16_t, 8> { /* bf16 */
+	static __device__ __forceinline__ void load(const uint16_t *p, float *f)
+	{
+		uint4 v = __ldg((const uint4 *)p);
+		uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			f[2 * i] = __uint_as_float(w[i] << 16);
+			f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+		}
+	}
+};
+struct cu_f16_t { uint16_t v; };
+template <> struct cu_wload<cu_f16_t, 8> {
+	static __device__ __forceinline__ void load(const cu_f16_t *p, float *f)
+	{
+		uint4 v = __ldg((const uint4 *)p);
+		uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			float2 t = __half22float2(*(__half2 *)&w[i]);
+			f[2 * i] = t.x;
+			f[2 * i + 1] = t.y;
+		}
+	}
+};
+template <> struct cu_wload<float, 4> {
+	static __device__ __forceinline__ void load(const float *p, float *f)
+	{
+		float4 v = __ldg((const float4 *)p);
+		f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+	}
+};
+template <> struct cu_wload<uint16_t, 1> {
+	static __device__ __forceinline__ void load(const uint16_t *p, float *f) { f[0] = cu_bf16(__ldg(p)); }
+};
+template <> struct cu_wload<cu_f16_t, 1> {
+	static __device__ __forceinline__ void load(const cu_f16_t *p, float *f) { f[0] = cu_f16(__ldg(&p->v)); }
+};
+template <> struct cu_wload<float, 1> {
+	static __device__ __forceinline__ void load(const float *p, float *f) { f[0] = __ldg(p); }
+};
+
+__device__ __forceinline__ float cu_warp_sum(float v)
+{
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+__device__ __forceinline__ float cu_warp_max(float v)
+{
+#pragma unroll
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+/* One element of a cached row, dequantised: values area vals (layer-block base), scales at sc
+ * (NULL for unscaled formats), slot, element e of part p. */
+struct cu_kvfmt {
+	int fmt, E, P;
+	size_t scales_off;
+	float tscale;
+};
+
+__device__ __forceinline__ float cu_kv_elem(const cu_kvfmt &f, const uint8_t *lb, int slot, int e, int p)
+{
+	size_t i = (size_t)slot * f.E + e;
+	switch (f.fmt) {
+	case ENG_KV_F32:
+		return ((const float *)lb)[i];
+	case ENG_KV_BF16:
+		return cu_bf16(((const uint16_t *)lb)[i]);
+	case ENG_KV_FP8_TENSOR:
+		return cu_fp8(lb[i]) * f.tscale;
+	case ENG_KV_FP8:
+		return cu_fp8(lb[i]) * ((const float *)(lb + f.scales_off))[(size_t)slot * f.P + p];
+	default: /* ENG_KV_INT8 */
+		return (float)(int8_t)lb[i] * ((const float *)(lb + f.scales_off))[(size_t)slot * f.P + p];
+	}
+}
+
+static inline cu_kvfmt cu_kvfmt_of(const struct eng_kv *kv)
+{
+	cu_kvfmt f;
+	f.fmt = kv->fmt;
+	f.E = kv->shape.row_elems;
+	f.P = kv->shape.n_parts;
+	f.scales_off = eng_kv_scales_off(kv->fmt, (size_t)kv->block_tokens, (size_t)kv->shape.row_elems);
+	f.tscale = kv->tensor_scale;
+	return f;
+}
+
+/* The layer-block holding position p of the batch token whose table row is tab. */
+__device__ __forceinline__ const uint8_t *cu_kv_lb(const uint8_t *pool, size_t lbb, int n_layers, int layer,
+						 const int32_t *tab, int p)
+{
+	return pool + ((size_t)tab[p / ENG_KV_BLOCK_TOKENS] * (size_t)n_layers + (size_t)layer) * lbb;
+}
+
+#endif /* __CUDACC__ */
+
+static inline int cu_div_up(long a, long b)
+{
+	return (int)((a + b - 1) / b);
+}
+
+#endif

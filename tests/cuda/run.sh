@@ -1,0 +1,27 @@
+#!/bin/sh
+# run.sh: on the GPU machine, from the repository root, after tests/cuda/build.sh made
+# build/cuda-carry here and it travelled: the op-by-op harness, the golden models on CUDA, the
+# decode bench, then compute-sanitizer (memcheck) over the quick harness. Logs go to $LOG
+# (default $OUT, else /tmp). Exit status: non-zero if a check failed.
+#   sh tests/cuda/run.sh [ops|golden|bench|sanitize ...]   (default: all four)
+D=build/cuda-carry
+LOG=${LOG:-${OUT:-/tmp}}
+mkdir -p "$LOG"
+CUBLAS_DIR=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so.13 /usr/local/cuda*/lib*/libcublas.so.13 \
+	$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null)/cu13/lib/libcublas.so.13 \
+	2>/dev/null | head -1)" 2>/dev/null)
+export LD_LIBRARY_PATH="$PWD/$D/lib:$CUBLAS_DIR:/usr/local/cuda/lib64:$LD_LIBRARY_PATH"
+what=${*:-ops golden bench sanitize}
+rc=0
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$LOG/gpu.txt"
+for w in $what; do
+	case $w in
+	ops) "$D/test_cuda_ops" >"$LOG/ops.log" 2>&1; s=$?; cat "$LOG/ops.log" ;;
+	golden) "$D/test_cuda_golden" >"$LOG/golden.log" 2>&1; s=$?; cat "$LOG/golden.log" ;;
+	bench) "$D/bench_cuda_decode" >"$LOG/bench.log" 2>&1; s=$?; cat "$LOG/bench.log" ;;
+	sanitize) timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$D/test_cuda_ops" --quick \
+		>"$LOG/sanitize.log" 2>&1; s=$?; tail -5 "$LOG/sanitize.log" ;;
+	esac
+	[ $s -ne 0 ] && rc=$s && echo "== $w: exit $s"
+done
+exit $rc

@@ -1,0 +1,654 @@
+/* test_cuda_ops.c: every CUDA op against its CPU twin (STYLE.md rule 19), at odd shapes (one token,
+ * lengths that are not multiples of 32, long contexts), with a per-op NMSE bound; outputs are
+ * poisoned (NaN) before each GPU run so an unwritten element fails. The timed cases print the
+ * achieved bandwidth against the device-to-device copy bandwidth measured at start.
+ * Needs a GPU: run by hand or on the GPU machine (tests/cuda/run.sh), never by `make test`.
+ * Exit status: the number of failed checks (0: all passed). */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/backend.h"
+#include "engine/backend/cuda.h"
+#include "engine/kv.h"
+
+static struct eng_backend *cpu, *gpu;
+static int fails, checks;
+static double copy_bw; /* bytes/s, read + write */
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd(void)
+{
+	rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+	return rng;
+}
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+	return (float)((rnd() >> 40) * (1.0 / 8388608.0) - 1.0);
+}
+
+static float *rand_f32(size_t n, float scale)
+{
+	float *p = malloc(n * sizeof(float));
+	for (size_t i = 0; i < n; i++)
+		p[i] = frand() * scale;
+	return p;
+}
+
+/* host (cpu) and device (gpu) copies of the same bytes */
+struct twin {
+	void *h, *d;
+	size_t bytes;
+};
+
+static struct twin twin_new(const void *src, size_t bytes)
+{
+	struct twin t = {cpu->alloc(cpu, bytes), gpu->alloc(gpu, bytes), bytes};
+	if (!t.h || !t.d) {
+		fprintf(stderr, "out of memory (%zu bytes)\n", bytes);
+		exit(2);
+	}
+	if (src) {
+		memcpy(t.h, src, bytes);
+		gpu->to_dev(gpu, t.d, src, bytes);
+	}
+	return t;
+}
+
+static void twin_free(struct twin *t)
+{
+	cpu->release(cpu, t->h);
+	gpu->release(gpu, t->d);
+}
+
+static void poison(struct twin *t)
+{
+	cudaMemset(t->d, 0xff, t->bytes); /* 0xffffffff is a NaN */
+}
+
+/* weights of a dtype from floats */
+static void *to_dtype(const float *f, size_t n, enum eng_dtype dt)
+{
+	if (dt == ENG_DT_F32) {
+		float *p = malloc(n * 4);
+		memcpy(p, f, n * 4);
+		return p;
+	}
+	uint16_t *p = malloc(n * 2);
+	for (size_t i = 0; i < n; i++) {
+		if (dt == ENG_DT_BF16) {
+			p[i] = eng_f32_to_bf16(f[i]);
+		} else { /* f16: values here are in range; round via float -> half by hand */
+			float a = f[i];
+			uint32_t u;
+			memcpy(&u, &a, 4);
+			uint32_t sign = (u >> 16) & 0x8000;
+			int e = (int)((u >> 23) & 0xff) - 127 + 15;
+			uint32_t man = u & 0x7fffff;
+			if ((u & 0x7fffffff) == 0 || e <= 0)
+				p[i] = (uint16_t)sign;
+			else
+				p[i] = (uint16_t)(sign | ((uint32_t)e << 10) | (man >> 13));
+		}
+	}
+	return p;
+}
+
+/* NMSE of the device result against the host result, n floats; NaN fails. */
+static double nmse_of(const float *ref, const float *dev_ptr, size_t n)
+{
+	float *got = malloc(n * sizeof(float));
+	gpu->to_host(gpu, got, dev_ptr, n * sizeof(float));
+	double se = 0, sr = 0;
+	int nan = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (got[i] != got[i])
+			nan = 1;
+		double d = (double)got[i] - ref[i];
+		se += d * d;
+		sr += (double)ref[i] * ref[i];
+	}
+	free(got);
+	if (nan)
+		return INFINITY;
+	return sr > 0 ? se / sr : se;
+}
+
+static void report(const char *op, const char *shape, double nmse, double bound, double us, double bytes)
+{
+	checks++;
+	int ok = nmse <= bound;
+	fails += !ok;
+	if (us > 0) {
+		double bw = bytes / (us * 1e-6);
+		printf("%-4s %-11s %-44s nmse %-9.2e <= %-7.0e %9.1f us %8.1f GB/s %5.1f%%\n", ok ? "ok" : "FAIL", op, shape,
+		       nmse, bound, us, bw / 1e9, 100.0 * bw / copy_bw);
+	} else {
+		printf("%-4s %-11s %-44s nmse %-9.2e <= %-7.0e\n", ok ? "ok" : "FAIL", op, shape, nmse, bound);
+	}
+	fflush(stdout);
+}
+
+/* ---- timing: events around `reps` runs of a closure ---- */
+typedef void (*run_fn)(void *);
+
+static double time_us(run_fn f, void *arg, int reps)
+{
+	cudaEvent_t a, b;
+	cudaEventCreate(&a);
+	cudaEventCreate(&b);
+	f(arg);
+	f(arg);
+	cudaDeviceSynchronize();
+	cudaEventRecord(a, 0);
+	for (int i = 0; i < reps; i++)
+		f(arg);
+	cudaEventRecord(b, 0);
+	cudaDeviceSynchronize();
+	float ms = 0;
+	cudaEventElapsedTime(&ms, a, b);
+	cudaEventDestroy(a);
+	cudaEventDestroy(b);
+	return ms * 1000.0 / reps;
+}
+
+static void measure_copy_bw(void)
+{
+	size_t n = (size_t)2 << 30;
+	void *a, *b;
+	if (cudaMalloc(&a, n) || cudaMalloc(&b, n)) {
+		copy_bw = 1;
+		return;
+	}
+	cudaMemset(a, 1, n);
+	cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+	cudaEvent_t e0, e1;
+	cudaEventCreate(&e0);
+	cudaEventCreate(&e1);
+	cudaEventRecord(e0, 0);
+	for (int i = 0; i < 10; i++)
+		cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+	cudaEventRecord(e1, 0);
+	cudaEventSynchronize(e1);
+	float ms;
+	cudaEventElapsedTime(&ms, e0, e1);
+	copy_bw = 2.0 * n * 10 / (ms * 1e-3);
+	cudaFree(a);
+	cudaFree(b);
+	printf("device-to-device copy: %.0f GB/s (read + write), the bandwidth below is compared to it\n", copy_bw / 1e9);
+}
+
+/* ---- matmul ---- */
+struct mm_run {
+	struct twin *x, *y, *b;
+	struct eng_w w;
+	int n, ldx, ldy;
+};
+
+static void mm_go(void *p)
+{
+	struct mm_run *r = p;
+	gpu->matmul(gpu, r->x->d, r->ldx, r->n, &r->w, r->b ? r->b->d : NULL, r->y->d, r->ldy);
+}
+
+static void check_matmul(int rows, int cols, int n, enum eng_dtype dt, int bias, int timed)
+{
+	size_t es = eng_dtype_size(dt);
+	float *wf = rand_f32((size_t)rows * cols, 0.05f), *xf = rand_f32((size_t)n * cols, 1.0f);
+	float *bf = rand_f32((size_t)rows, 0.1f);
+	void *wd = to_dtype(wf, (size_t)rows * cols, dt);
+	struct twin W = twin_new(wd, (size_t)rows * cols * es), X = twin_new(xf, (size_t)n * cols * 4);
+	struct twin Y = twin_new(NULL, (size_t)n * rows * 4), B = twin_new(bf, (size_t)rows * 4);
+	struct eng_w wh = {W.h, dt, rows, cols, (size_t)cols}, wg = {W.d, dt, rows, cols, (size_t)cols};
+	cpu->matmul(cpu, X.h, cols, n, &wh, bias ? B.h : NULL, Y.h, rows);
+	poison(&Y);
+	gpu->matmul(gpu, X.d, cols, n, &wg, bias ? B.d : NULL, Y.d, rows);
+	double e = nmse_of(Y.h, Y.d, (size_t)n * rows);
+	double us = 0;
+	struct mm_run r = {&X, &Y, bias ? &B : NULL, wg, n, cols, rows};
+	if (timed)
+		us = time_us(mm_go, &r, 20);
+	char shape[96];
+	snprintf(shape, sizeof(shape), "%s W(%d,%d) n=%d%s", eng_dtype_name(dt), rows, cols, n, bias ? " +bias" : "");
+	/* n > 8 in fast mode rounds activations to the weights' 16-bit type (cuBLAS) */
+	double bound = dt == ENG_DT_F32 || n <= 8 ? 1e-10 : dt == ENG_DT_BF16 ? 3e-5 : 3e-6;
+	report("matmul", shape, e, bound, us, (double)rows * cols * es + (double)n * (cols + rows) * 4);
+	twin_free(&W), twin_free(&X), twin_free(&Y), twin_free(&B);
+	free(wf), free(xf), free(bf), free(wd);
+}
+
+/* ---- small ops ---- */
+static void check_small(void)
+{
+	char shape[96];
+	/* embed */
+	{
+		int V = 1000, H = 2048 + 8, n = 7;
+		float *tf = rand_f32((size_t)V * H, 1.0f);
+		void *td = to_dtype(tf, (size_t)V * H, ENG_DT_BF16);
+		struct twin T = twin_new(td, (size_t)V * H * 2), O = twin_new(NULL, (size_t)n * H * 4);
+		int32_t ids[7] = {0, 999, 5, 5, 17, 500, 1};
+		struct eng_w th = {T.h, ENG_DT_BF16, V, H, (size_t)H}, tg = {T.d, ENG_DT_BF16, V, H, (size_t)H};
+		cpu->embed(cpu, &th, ids, n, O.h);
+		poison(&O);
+		gpu->embed(gpu, &tg, ids, n, O.d);
+		report("embed", "bf16 (1000,2056) n=7", nmse_of(O.h, O.d, (size_t)n * H), 0, 0, 0);
+		twin_free(&T), twin_free(&O), free(tf), free(td);
+	}
+	/* rmsnorm, strided rows, in place */
+	for (int dim = 513; dim <= 2048; dim += 1535) {
+		int n = 3, ld = dim + 5;
+		float *xf = rand_f32((size_t)n * ld, 2.0f), *wf = rand_f32((size_t)dim, 1.0f);
+		struct twin X = twin_new(xf, (size_t)n * ld * 4), Wt = twin_new(wf, (size_t)dim * 4);
+		cpu->rmsnorm(cpu, X.h, ld, X.h, ld, n, dim, Wt.h, 1e-6f);
+		gpu->rmsnorm(gpu, X.d, ld, X.d, ld, n, dim, Wt.d, 1e-6f);
+		snprintf(shape, sizeof(shape), "n=3 dim=%d ld=%d in place", dim, ld);
+		report("rmsnorm", shape, nmse_of(X.h, X.d, (size_t)n * ld), 1e-12, 0, 0);
+		twin_free(&X), twin_free(&Wt), free(xf), free(wf);
+	}
+	/* rope: interleaved (DeepSeek) and halves (Llama), long positions */
+	for (int il = 0; il < 2; il++) {
+		struct eng_rope_cfg rc = {0};
+		rc.type = il ? ENG_ROPE_YARN : ENG_ROPE_DEFAULT;
+		rc.dim = 64, rc.theta = 10000, rc.factor = 40, rc.orig_max_pos = 4096, rc.beta_fast = 32, rc.beta_slow = 1;
+		rc.mscale = 0.707, rc.mscale_all_dim = 0.707, rc.attention_factor = -1, rc.interleaved = il;
+		struct eng_rope r;
+		struct sh_err err;
+		if (eng_rope_init(&r, &rc, &err)) {
+			printf("FAIL rope init: %s\n", err.msg);
+			fails++;
+			continue;
+		}
+		int n = 5, nh = 16, hd = 192, ld = nh * hd;
+		int32_t pos[5] = {0, 1, 31, 4097, 100000};
+		float *xf = rand_f32((size_t)n * ld, 1.0f);
+		struct twin X = twin_new(xf, (size_t)n * ld * 4);
+		cpu->rope(cpu, (float *)X.h + 128, n, nh, ld, hd, pos, &r);
+		gpu->rope(gpu, (float *)X.d + 128, n, nh, ld, hd, pos, &r);
+		snprintf(shape, sizeof(shape), "%s n=5 heads=16 pos<=100000", il ? "yarn pairs" : "halves");
+		report("rope", shape, nmse_of(X.h, X.d, (size_t)n * ld), 1e-11, 0, 0);
+		twin_free(&X), free(xf);
+	}
+	/* silu_mul, add, copy2d, zero */
+	{
+		int n = 3, dim = 1409, ld = 1411;
+		float *gf = rand_f32((size_t)n * ld, 4.0f), *uf = rand_f32((size_t)n * ld, 1.0f);
+		struct twin G = twin_new(gf, (size_t)n * ld * 4), U = twin_new(uf, (size_t)n * ld * 4);
+		cpu->silu_mul(cpu, G.h, ld, U.h, ld, n, dim);
+		gpu->silu_mul(gpu, G.d, ld, U.d, ld, n, dim);
+		report("silu_mul", "n=3 dim=1409 ld=1411", nmse_of(G.h, G.d, (size_t)n * ld), 1e-12, 0, 0);
+		cpu->add(cpu, (float *)G.h + 1, (float *)U.h + 2, (size_t)n * ld - 3);
+		gpu->add(gpu, (float *)G.d + 1, (float *)U.d + 2, (size_t)n * ld - 3);
+		report("add", "4230 values, unaligned", nmse_of(G.h, G.d, (size_t)n * ld), 1e-12, 0, 0);
+		cpu->copy2d(cpu, (float *)G.h + 7, 40, (float *)U.h + 3, 60, 24, 50);
+		gpu->copy2d(gpu, (float *)G.d + 7, 40, (float *)U.d + 3, 60, 24, 50);
+		cpu->zero(cpu, (float *)G.h + 2000, 444);
+		gpu->zero(gpu, (float *)G.d + 2000, 444);
+		report("copy2d+zero", "50 rows of 24 B, 444 B", nmse_of(G.h, G.d, (size_t)n * ld), 1e-12, 0, 0);
+		twin_free(&G), twin_free(&U), free(gf), free(uf);
+	}
+}
+
+/* ---- KV cache ops ---- */
+struct kvpair {
+	struct eng_kv *h, *d;
+	struct eng_kv_seq *sh, *sd; /* per sequence */
+	int n_seqs;
+};
+
+static void kvpair_new(struct kvpair *k, enum eng_kv_fmt fmt, const struct eng_kv_shape *shape, int n_seqs, int ctx)
+{
+	struct sh_err err;
+	int nb = n_seqs * ((ctx + 15) / 16 + 1) + 4;
+	k->h = eng_kv_new(cpu, fmt, shape, nb, &err);
+	k->d = eng_kv_new(gpu, fmt, shape, nb, &err);
+	if (!k->h || !k->d) {
+		fprintf(stderr, "kv: %s\n", err.msg);
+		exit(2);
+	}
+	k->n_seqs = n_seqs;
+	k->sh = calloc((size_t)n_seqs, sizeof(*k->sh));
+	k->sd = calloc((size_t)n_seqs, sizeof(*k->sd));
+	for (int s = 0; s < n_seqs; s++) {
+		eng_kv_seq_init(&k->sh[s]);
+		eng_kv_seq_init(&k->sd[s]);
+		/* a free block between sequences' allocations: tables are not contiguous runs */
+		if (eng_kv_seq_prepare(k->h, &k->sh[s], 0, ctx, &err) || eng_kv_seq_prepare(k->d, &k->sd[s], 0, ctx, &err)) {
+			fprintf(stderr, "kv prepare: %s\n", err.msg);
+			exit(2);
+		}
+	}
+}
+
+static void kvpair_free(struct kvpair *k)
+{
+	for (int s = 0; s < k->n_seqs; s++) {
+		eng_kv_seq_release(k->h, &k->sh[s]);
+		eng_kv_seq_release(k->d, &k->sd[s]);
+	}
+	free(k->sh), free(k->sd);
+	eng_kv_free(k->h), eng_kv_free(k->d);
+}
+
+/* Writes positions 0..ctx[s]-1 of every sequence of every layer with the same random rows on both
+ * sides (in chunks of up to 256 tokens per call, sequences interleaved). */
+static void kv_fill(struct kvpair *k, const int *ctx, float amp)
+{
+	int E = k->h->shape.row_elems, L = k->h->shape.n_layers, chunk = 256;
+	float *rows = rand_f32((size_t)chunk * E + 64, amp); /* + the per-layer shift */
+	struct twin R = twin_new(rows, ((size_t)chunk * E + 64) * 4);
+	int32_t *pos = malloc(sizeof(int32_t) * chunk), *si = malloc(sizeof(int32_t) * chunk);
+	struct eng_kv_seq **sh = malloc(sizeof(void *) * k->n_seqs), **sd = malloc(sizeof(void *) * k->n_seqs);
+	for (int s = 0; s < k->n_seqs; s++)
+		sh[s] = &k->sh[s], sd[s] = &k->sd[s];
+	for (int s = 0; s < k->n_seqs; s++)
+		for (int p0 = 0; p0 < ctx[s]; p0 += chunk) {
+			int n = SH_MIN(chunk, ctx[s] - p0);
+			for (int i = 0; i < n; i++)
+				pos[i] = p0 + i, si[i] = s;
+			struct eng_batch bh = {n, NULL, pos, si, sh, k->n_seqs, NULL}, bd = {n, NULL, pos, si, sd, k->n_seqs, NULL};
+			for (int l = 0; l < L; l++) {
+				/* shift the rows per layer and chunk so that layers differ */
+				int off = (l * 7 + p0) % 64;
+				cpu->kv_write(cpu, k->h, l, &bh, (float *)R.h + off, E);
+				gpu->kv_write(gpu, k->d, l, &bd, (float *)R.d + off, E);
+			}
+			k->sh[s].n_tokens = k->sd[s].n_tokens = p0 + n;
+		}
+	twin_free(&R);
+	free(rows), free(pos), free(si), free(sh), free(sd);
+}
+
+/* the pools byte for byte (the codecs must agree) */
+static void check_pool_bytes(struct kvpair *k, const char *what)
+{
+	size_t bytes = k->h->layer_block_bytes * (size_t)k->h->shape.n_layers * k->h->n_blocks;
+	uint8_t *g = malloc(bytes);
+	gpu->to_host(gpu, g, k->d->pool, bytes);
+	size_t diff = 0;
+	for (size_t i = 0; i < bytes; i++)
+		diff += g[i] != k->h->pool[i];
+	checks++;
+	/* fp32 amax/scale are computed identically; a value on a rounding tie may still differ by one
+	 * code through a different fused multiply-add: allow 1 in 10^5 */
+	int ok = diff * 100000 <= bytes;
+	fails += !ok;
+	printf("%-4s %-11s %-44s %zu of %zu bytes differ\n", ok ? "ok" : "FAIL", "kv_write", what, diff, bytes);
+	free(g);
+}
+
+struct mla_run {
+	struct kvpair *k;
+	struct eng_batch *bd;
+	struct twin *ql, *qp, *o;
+	int nh, R, dr;
+	float scale;
+};
+
+static void mla_go(void *p)
+{
+	struct mla_run *r = p;
+	gpu->attn_mla(gpu, r->k->d, 1, r->bd, r->ql->d, r->qp->d, r->nh, r->R, r->dr, r->scale, r->o->d);
+}
+
+/* MLA over the cache: n_seqs sequences of contexts ctx[], one decode token each (at ctx - 1). */
+static void check_mla(enum eng_kv_fmt fmt, int n_seqs, const int *ctx, int exact, int timed)
+{
+	int nh = 16, R = 512, dr = 64, L = 2;
+	struct eng_kv_shape shape = {L, R + dr, 2, {0, R, R + dr}};
+	struct kvpair k;
+	int maxc = 0;
+	for (int s = 0; s < n_seqs; s++)
+		maxc = SH_MAX(maxc, ctx[s]);
+	kvpair_new(&k, fmt, &shape, n_seqs, maxc);
+	kv_fill(&k, ctx, 1.0f);
+	int n = n_seqs;
+	float *qlf = rand_f32((size_t)n * nh * R, 0.3f), *qpf = rand_f32((size_t)n * nh * dr, 0.3f);
+	struct twin QL = twin_new(qlf, (size_t)n * nh * R * 4), QP = twin_new(qpf, (size_t)n * nh * dr * 4);
+	struct twin O = twin_new(NULL, (size_t)n * nh * R * 4);
+	int32_t *pos = malloc(sizeof(int32_t) * n), *si = malloc(sizeof(int32_t) * n);
+	struct eng_kv_seq **sh = malloc(sizeof(void *) * n), **sd = malloc(sizeof(void *) * n);
+	for (int s = 0; s < n; s++)
+		pos[s] = ctx[s] - 1, si[s] = s, sh[s] = &k.sh[s], sd[s] = &k.sd[s];
+	struct eng_batch bh = {n, NULL, pos, si, sh, n, NULL}, bd = {n, NULL, pos, si, sd, n, NULL};
+	float scale = 0.1147f;
+	cpu->attn_mla(cpu, k.h, 1, &bh, QL.h, QP.h, nh, R, dr, scale, O.h);
+	eng_cuda_set_exact(gpu, exact);
+	poison(&O);
+	gpu->attn_mla(gpu, k.d, 1, &bd, QL.d, QP.d, nh, R, dr, scale, O.d);
+	double e = nmse_of(O.h, O.d, (size_t)n * nh * R);
+	double us = 0, bytes = 0;
+	if (timed) {
+		struct mla_run r = {&k, &bd, &QL, &QP, &O, nh, R, dr, scale};
+		us = time_us(mla_go, &r, 20);
+		for (int s = 0; s < n; s++)
+			bytes += (double)ctx[s] * eng_kv_bytes_per_token_layer(k.d);
+	}
+	eng_cuda_set_exact(gpu, 0);
+	char shape_s[96];
+	snprintf(shape_s, sizeof(shape_s), "%s %s 16h R512+64 %d seq ctx %d..%d", eng_kv_fmt_name(fmt),
+		 exact || fmt == ENG_KV_F32 ? "simt" : "mma", n, ctx[0], ctx[n - 1]);
+	/* fp32 path: summation order only; tensor-core path: queries and f32 values rounded to bf16 */
+	report("attn_mla", shape_s, e, exact || fmt == ENG_KV_F32 ? 1e-10 : 3e-5, us, bytes);
+	if (n_seqs > 1 && maxc < 2000 && !timed) {
+		char w[64];
+		snprintf(w, sizeof(w), "%s MLA rows, %d seqs", eng_kv_fmt_name(fmt), n_seqs);
+		check_pool_bytes(&k, w);
+	}
+	twin_free(&QL), twin_free(&QP), twin_free(&O);
+	free(qlf), free(qpf), free(pos), free(si), free(sh), free(sd);
+	kvpair_free(&k);
+}
+
+static void check_gqa_gather(enum eng_kv_fmt fmt)
+{
+	int nh = 12, nkv = 4, hd = 80, L = 2, n = 3;
+	struct eng_kv_shape shape = {L, 2 * nkv * hd, 2 * nkv, {0}};
+	for (int p = 0; p <= 2 * nkv; p++)
+		shape.part_off[p] = p * hd;
+	int ctx[3] = {1, 33, 500};
+	struct kvpair k;
+	kvpair_new(&k, fmt, &shape, n, 500);
+	kv_fill(&k, ctx, 2.0f);
+	char w[64];
+	snprintf(w, sizeof(w), "%s GQA rows (8 parts of 80)", eng_kv_fmt_name(fmt));
+	check_pool_bytes(&k, w);
+	float *qf = rand_f32((size_t)n * nh * hd, 0.3f);
+	struct twin Q = twin_new(qf, (size_t)n * nh * hd * 4), O = twin_new(NULL, (size_t)n * nh * hd * 4);
+	int32_t pos[3] = {0, 32, 499}, si[3] = {0, 1, 2};
+	struct eng_kv_seq *sh[3] = {&k.sh[0], &k.sh[1], &k.sh[2]}, *sd[3] = {&k.sd[0], &k.sd[1], &k.sd[2]};
+	struct eng_batch bh = {n, NULL, pos, si, sh, n, NULL}, bd = {n, NULL, pos, si, sd, n, NULL};
+	cpu->attn_gqa(cpu, k.h, 1, &bh, Q.h, nh, nkv, hd, 0.11f, O.h);
+	poison(&O);
+	gpu->attn_gqa(gpu, k.d, 1, &bd, Q.d, nh, nkv, hd, 0.11f, O.d);
+	snprintf(w, sizeof(w), "%s 12h/4kv hd80 ctx 1,33,500", eng_kv_fmt_name(fmt));
+	report("attn_gqa", w, nmse_of(O.h, O.d, (size_t)n * nh * hd), 1e-10, 0, 0);
+	/* gather of sequence 2's rows */
+	struct twin G = twin_new(NULL, (size_t)500 * shape.row_elems * 4);
+	cpu->kv_gather(cpu, k.h, 0, &k.sh[2], 500, G.h);
+	poison(&G);
+	gpu->kv_gather(gpu, k.d, 0, &k.sd[2], 500, G.d);
+	snprintf(w, sizeof(w), "%s 500 rows of 640", eng_kv_fmt_name(fmt));
+	report("kv_gather", w, nmse_of(G.h, G.d, (size_t)500 * shape.row_elems), 0, 0, 0);
+	twin_free(&Q), twin_free(&O), twin_free(&G), free(qf);
+	kvpair_free(&k);
+}
+
+static void check_dense(void)
+{
+	int n = 37, ctx = 37, nh = 16, dq = 192, dv = 128;
+	float *qf = rand_f32((size_t)n * nh * dq, 0.3f), *kf = rand_f32((size_t)ctx * nh * dq, 1.0f);
+	float *vf = rand_f32((size_t)ctx * nh * dv, 1.0f);
+	struct twin Q = twin_new(qf, (size_t)n * nh * dq * 4), K = twin_new(kf, (size_t)ctx * nh * dq * 4);
+	struct twin V = twin_new(vf, (size_t)ctx * nh * dv * 4), O = twin_new(NULL, (size_t)n * nh * dv * 4);
+	int32_t pos[37];
+	for (int i = 0; i < n; i++)
+		pos[i] = i;
+	cpu->attn_dense(cpu, Q.h, pos, n, K.h, V.h, ctx, nh, dq, dv, 0.1147f, O.h);
+	poison(&O);
+	gpu->attn_dense(gpu, Q.d, pos, n, K.d, V.d, ctx, nh, dq, dv, 0.1147f, O.d);
+	report("attn_dense", "n=37 16h dq192 dv128 causal", nmse_of(O.h, O.d, (size_t)n * nh * dv), 1e-10, 0, 0);
+	twin_free(&Q), twin_free(&K), twin_free(&V), twin_free(&O), free(qf), free(kf), free(vf);
+}
+
+/* ---- MoE ---- */
+static void check_route(int E, int K, int group)
+{
+	int n = 5;
+	float *lf = rand_f32((size_t)n * E, 3.0f);
+	struct twin Lg = twin_new(lf, (size_t)n * E * 4), I = twin_new(NULL, (size_t)n * K * 4), Wt = twin_new(NULL, (size_t)n * K * 4);
+	struct eng_moe_route r = {E, K, group, group ? 4 : 1, group ? 2 : 1, 0, 1.0f};
+	cpu->moe_route(cpu, Lg.h, n, &r, I.h, Wt.h);
+	poison(&I), poison(&Wt);
+	gpu->moe_route(gpu, Lg.d, n, &r, I.d, Wt.d);
+	int32_t got[64 * 8];
+	gpu->to_host(gpu, got, I.d, (size_t)n * K * 4);
+	int same = !memcmp(got, I.h, (size_t)n * K * 4);
+	char w[64];
+	snprintf(w, sizeof(w), "E=%d K=%d %s n=5", E, K, group ? "group-limited 4/2" : "greedy");
+	report("moe_route", w, same ? nmse_of(Wt.h, Wt.d, (size_t)n * K) : INFINITY, 1e-12, 0, 0);
+	twin_free(&Lg), twin_free(&I), twin_free(&Wt), free(lf);
+}
+
+struct moe_run {
+	struct twin *x, *idx, *wt, *out;
+	struct eng_w *g, *u, *d;
+	int n, dim, K, E;
+};
+
+static void moe_go(void *p)
+{
+	struct moe_run *r = p;
+	gpu->moe_ffn(gpu, r->x->d, r->n, r->dim, r->idx->d, r->wt->d, r->K, r->E, r->g, r->u, r->d, r->out->d, NULL);
+}
+
+static void check_moe(int n, int timed)
+{
+	int E = 64, K = 6, dim = 2048, I = 1408;
+	size_t per = (size_t)I * dim;
+	float *wf = rand_f32(per * 3 * E / 16, 0.03f); /* 16 distinct experts' data, reused */
+	void *wd = to_dtype(wf, per * 3 * E / 16, ENG_DT_BF16);
+	struct twin W = twin_new(NULL, per * 3 * E * 2);
+	for (int r = 0; r < 16; r++) {
+		memcpy((uint8_t *)W.h + r * per * 3 * E / 16 * 2, wd, per * 3 * E / 16 * 2);
+		gpu->to_dev(gpu, (uint8_t *)W.d + r * per * 3 * E / 16 * 2, wd, per * 3 * E / 16 * 2);
+	}
+	struct eng_w *gh = calloc(E, sizeof(struct eng_w)), *uh = calloc(E, sizeof(struct eng_w)), *dh = calloc(E, sizeof(struct eng_w));
+	struct eng_w *gd = calloc(E, sizeof(struct eng_w)), *ud = calloc(E, sizeof(struct eng_w)), *dd = calloc(E, sizeof(struct eng_w));
+	for (int e = 0; e < E; e++) { /* offset each expert by a few rows so that no two are equal */
+		size_t o = (size_t)e * per * 3 + (size_t)(e % 5) * dim;
+		uint8_t *bh = W.h, *bd = W.d;
+		gh[e] = (struct eng_w){bh + o * 2, ENG_DT_BF16, I, dim, (size_t)dim};
+		uh[e] = (struct eng_w){bh + (o + per) * 2, ENG_DT_BF16, I, dim, (size_t)dim};
+		dh[e] = (struct eng_w){bh + (o + 2 * per - (size_t)(e % 5) * dim) * 2, ENG_DT_BF16, dim, I, (size_t)I};
+		gd[e] = (struct eng_w){bd + o * 2, ENG_DT_BF16, I, dim, (size_t)dim};
+		ud[e] = (struct eng_w){bd + (o + per) * 2, ENG_DT_BF16, I, dim, (size_t)dim};
+		dd[e] = (struct eng_w){bd + (o + 2 * per - (size_t)(e % 5) * dim) * 2, ENG_DT_BF16, dim, I, (size_t)I};
+	}
+	float *xf = rand_f32((size_t)n * dim, 1.0f), *of = rand_f32((size_t)n * dim, 1.0f);
+	int32_t *idx = malloc(sizeof(int32_t) * n * K);
+	float *wt = malloc(sizeof(float) * n * K);
+	int touched[64] = {0}, nt = 0;
+	for (int i = 0; i < n; i++)
+		for (int k = 0; k < K; k++) {
+			int e;
+			do { /* distinct experts per token, as top-k gives */
+				e = (int)(rnd() % E);
+				int dup = 0;
+				for (int j = 0; j < k; j++)
+					dup |= idx[i * K + j] == e;
+				if (!dup)
+					break;
+			} while (1);
+			idx[i * K + k] = e;
+			wt[i * K + k] = 0.1f + 0.1f * k;
+			nt += !touched[e];
+			touched[e] = 1;
+		}
+	struct twin X = twin_new(xf, (size_t)n * dim * 4), O = twin_new(of, (size_t)n * dim * 4);
+	struct twin Ix = twin_new(idx, sizeof(int32_t) * n * K), Wt = twin_new(wt, sizeof(float) * n * K);
+	float *scr = cpu->alloc(cpu, eng_backend_moe_scratch(n, dim, I) * 4);
+	cpu->moe_ffn(cpu, X.h, n, dim, Ix.h, Wt.h, K, E, gh, uh, dh, O.h, scr);
+	gpu->moe_ffn(gpu, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, O.d, NULL);
+	double e = nmse_of(O.h, O.d, (size_t)n * dim);
+	double us = 0;
+	if (timed) {
+		struct moe_run r = {&X, &Ix, &Wt, &O, gd, ud, dd, n, dim, K, E};
+		us = time_us(moe_go, &r, 20);
+	}
+	char w[80];
+	snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d experts)", n, nt);
+	report("moe_ffn", w, e, n > 32 ? 3e-5 : 1e-10, us, (double)nt * per * 3 * 2);
+	cpu->release(cpu, scr);
+	twin_free(&X), twin_free(&O), twin_free(&Ix), twin_free(&Wt), twin_free(&W);
+	free(gh), free(uh), free(dh), free(gd), free(ud), free(dd);
+	free(wf), free(wd), free(xf), free(of), free(idx), free(wt);
+}
+
+int main(int argc, char **argv)
+{
+	int quick = argc > 1 && !strcmp(argv[1], "--quick");
+	struct sh_err err;
+	cpu = eng_cpu_new(0);
+	gpu = eng_cuda_new(0, &err);
+	if (!gpu) {
+		fprintf(stderr, "no CUDA device: %s\n", err.msg);
+		return 77;
+	}
+	char desc[256];
+	eng_cuda_describe(gpu, desc, sizeof(desc));
+	printf("device: %s\n", desc);
+	measure_copy_bw();
+
+	check_small();
+	/* matmul: decode (GEMV) at one token and odd widths, the 16-byte path and the fallbacks */
+	check_matmul(3072, 2048, 1, ENG_DT_BF16, 0, 1);
+	check_matmul(576, 2048, 1, ENG_DT_BF16, 0, 1);
+	check_matmul(2048, 2048, 8, ENG_DT_BF16, 0, 1);
+	check_matmul(1000, 1003, 3, ENG_DT_BF16, 1, 0);
+	check_matmul(333, 517, 5, ENG_DT_F16, 1, 0);
+	check_matmul(300, 64, 7, ENG_DT_F32, 1, 0);
+	check_matmul(100, 1001, 2, ENG_DT_F32, 0, 0);
+	check_matmul(1408, 2048, 33, ENG_DT_BF16, 0, 0);
+	check_matmul(777, 1000, 100, ENG_DT_F16, 1, 0);
+	check_matmul(64, 64, 41, ENG_DT_F32, 1, 0);
+	if (!quick) {
+		check_matmul(102400, 2048, 1, ENG_DT_BF16, 0, 1);
+		check_matmul(10944, 2048, 1, ENG_DT_BF16, 0, 1);
+		check_matmul(2048, 10944, 1, ENG_DT_BF16, 0, 1);
+		check_matmul(10944, 2048, 8, ENG_DT_BF16, 0, 1);
+		check_matmul(10944, 2048, 2048, ENG_DT_BF16, 0, 1);
+	}
+	check_dense();
+	check_route(64, 6, 0);
+	check_route(8, 3, 1);
+	for (int f = ENG_KV_F32; f < ENG_KV_NFMT; f++)
+		check_gqa_gather((enum eng_kv_fmt)f);
+	/* MLA: one token, odd lengths, several sequences, both paths */
+	int c1[1] = {1}, c3[3] = {17, 100, 1001}, c5[5] = {2, 31, 33, 500, 4099};
+	for (int f = ENG_KV_F32; f < ENG_KV_NFMT; f++) {
+		check_mla((enum eng_kv_fmt)f, 1, c1, 0, 0);
+		check_mla((enum eng_kv_fmt)f, 3, c3, 0, 0);
+		check_mla((enum eng_kv_fmt)f, 5, c5, 0, 0);
+		check_mla((enum eng_kv_fmt)f, 3, c3, 1, 0);
+	}
+	if (!quick) { /* long contexts, timed: batch 1 and 8 at 8192 */
+		int l1[1] = {8192}, l8[8] = {8192, 8192, 8192, 8192, 8192, 8192, 8192, 8192};
+		int f3[3] = {ENG_KV_BF16, ENG_KV_FP8, ENG_KV_INT8};
+		for (int j = 0; j < 3; j++) {
+			check_mla((enum eng_kv_fmt)f3[j], 1, l1, 0, 1);
+			check_mla((enum eng_kv_fmt)f3[j], 8, l8, 0, 1);
+		}
+		check_mla(ENG_KV_BF16, 1, l1, 1, 1);
+	}
+	check_moe(1, 1);
+	check_moe(8, 1);
+	check_moe(40, 1);
+	printf("%d of %d checks failed\n", fails, checks);
+	gpu->free(gpu);
+	cpu->free(cpu);
+	return fails;
+}
