@@ -112,8 +112,12 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 		return;
 	}
 	/* Below the low watermark again: let the upstream flow (STYLE.md rule 15). */
-	if (c->up_paused && c->req && c->req->uc)
-		px_upconn_resume(c->req->uc);
+	if (c->up_paused) {
+		c->up_paused = 0;
+		bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+		if (c->req && c->req->uc)
+			px_upconn_resume(c->req->uc);
+	}
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)

@@ -83,7 +83,8 @@ static int attempt(struct px_req *r, const struct px_upstream *exclude)
 	struct px_upconn *uc;
 
 	for (;;) {
-		up = px_pool_pick(r->pool, exclude);
+		/* the route stage's choice first; retries take the least loaded of the others */
+		up = r->route_up && r->attempts == 0 ? r->route_up : px_pool_pick(r->pool, exclude);
 		if (!up) {
 			snprintf(r->err_buf, sizeof(r->err_buf), "no engine instance of pool '%s' is reachable",
 				 r->pool->name);
@@ -107,6 +108,10 @@ static int attempt(struct px_req *r, const struct px_upstream *exclude)
 	uc->req = r;
 	r->uc = uc;
 	up->in_flight++;
+	if (r->outstanding_on)
+		r->outstanding_on->outstanding -= r->tokens_est;
+	up->outstanding += r->tokens_est;
+	r->outstanding_on = up;
 	send_request(r, uc);
 	if (uc->reused) {
 		set_first_byte_timeout(uc);
@@ -119,11 +124,21 @@ static int attempt(struct px_req *r, const struct px_upstream *exclude)
 	return PX_AGAIN;
 }
 
+static void outstanding_cleanup(void *arg)
+{
+	struct px_req *r = arg;
+
+	if (r->outstanding_on)
+		r->outstanding_on->outstanding -= r->tokens_est;
+	r->outstanding_on = NULL;
+}
+
 int px_forward_stage(struct px_req *r)
 {
-	/* Routing by model and prompt length picks the pool (later stage); until then, the first. */
+	/* the count stage chose the pool for the routes it reads; others take the first */
 	if (!r->pool)
 		r->pool = &r->conn->srv->pools[0];
+	px_req_cleanup_add(r, outstanding_cleanup, r);
 	return attempt(r, NULL);
 }
 

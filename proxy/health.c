@@ -3,6 +3,7 @@
 
 #include <cJSON.h>
 #include <event2/buffer.h>
+#include <inttypes.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <stdio.h>
@@ -10,12 +11,14 @@
 #include <string.h>
 #include <sys/uio.h>
 
+#include "pindex.h"
 #include "pxlog.h"
 #include "upstream.h"
 
-#define CHECK_MAX_BODY 65536
+/* A state report lists up to a whole cache of block hashes (18 bytes each). */
+#define CHECK_MAX_BODY (16 << 20)
 
-enum check_step { CHECK_IDLE, CHECK_HEALTH, CHECK_MODELS };
+enum check_step { CHECK_IDLE, CHECK_HEALTH, CHECK_MODELS, CHECK_STATE };
 
 struct px_check {
 	struct px_server *srv;
@@ -91,6 +94,36 @@ static void read_models(struct px_check *ck)
 	cJSON_Delete(j);
 }
 
+/* DESIGN.md contract 2: {"seq", "reset", "added": [hex], "evicted": [hex], ...}: the blocks the
+ * engine's prefix cache gained and lost since our last seq; the index becomes exact. */
+static void read_state(struct px_check *ck)
+{
+	struct px_upstream *up = ck->up;
+	size_t len = evbuffer_get_length(ck->body);
+	cJSON *j = cJSON_ParseWithLength((const char *)evbuffer_pullup(ck->body, -1), len);
+	const cJSON *seq = cJSON_GetObjectItemCaseSensitive(j, "seq");
+	const cJSON *add = cJSON_GetObjectItemCaseSensitive(j, "added");
+	const cJSON *ev = cJSON_GetObjectItemCaseSensitive(j, "evicted"), *h;
+	uint64_t v;
+
+	if (!cJSON_IsNumber(seq) || !cJSON_IsArray(add) || !cJSON_IsArray(ev)) {
+		up->state_report = 0;
+		cJSON_Delete(j);
+		return;
+	}
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "reset")))
+		px_pindex_clear(up->index);
+	cJSON_ArrayForEach(h, ev)
+		if (cJSON_IsString(h) && sscanf(h->valuestring, "%16" SCNx64, &v) == 1)
+			px_pindex_remove(up->index, v);
+	cJSON_ArrayForEach(h, add)
+		if (cJSON_IsString(h) && sscanf(h->valuestring, "%16" SCNx64, &v) == 1)
+			px_pindex_add(up->index, &v, 1);
+	up->state_seq = (uint64_t)seq->valuedouble;
+	up->state_report = 1;
+	cJSON_Delete(j);
+}
+
 static void send_get(struct px_check *ck, const char *path)
 {
 	sh_http_msg_next(&ck->msg);
@@ -126,20 +159,33 @@ static void check_read_cb(struct bufferevent *bev, void *arg)
 	if (ck->msg.state != SH_HTTP_DONE)
 		return;
 	status = sh_http_status(&ck->msg);
-	if (ck->step == CHECK_MODELS) {
-		if (status == 200)
-			read_models(ck);
+	if (ck->step == CHECK_STATE) {
+		if (status == 200 && ck->up->index)
+			read_state(ck);
+		else
+			ck->up->state_report = 0;  /* not an engine of ours (vLLM, a test engine) */
 		check_end(ck);
 		return;
 	}
-	if (status == 200) {
+	if (ck->step == CHECK_MODELS && status == 200)
+		read_models(ck);
+	if (ck->step == CHECK_HEALTH && status == 200)
 		passed(ck);
-		if (!ck->up->model[0] && sh_http_keep_alive(&ck->msg)) {
+	if (status == 200 || ck->step == CHECK_MODELS) {
+		/* then, on the same connection: the models until known, the cache report while it works */
+		if (!sh_http_keep_alive(&ck->msg)) {
+			check_end(ck);
+		} else if (ck->step == CHECK_HEALTH && !ck->up->model[0]) {
 			ck->step = CHECK_MODELS;
 			send_get(ck, "/v1/models");
-			return;
+		} else if (ck->up->state_report != 0) {
+			char path[64];
+			snprintf(path, sizeof(path), "/kvgate/state?since=%llu", (unsigned long long)ck->up->state_seq);
+			ck->step = CHECK_STATE;
+			send_get(ck, path);
+		} else {
+			check_end(ck);
 		}
-		check_end(ck);
 		return;
 	}
 	if (status == 503 && evbuffer_search(ck->body, "draining", 8, NULL).pos >= 0) {
@@ -160,8 +206,8 @@ static void check_event_cb(struct bufferevent *bev, short what, void *arg)
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED)
 		return;
-	if (ck->step == CHECK_MODELS) {
-		check_end(ck);  /* the health part passed; models are asked again next time */
+	if (ck->step == CHECK_MODELS || ck->step == CHECK_STATE) {
+		check_end(ck);  /* the health part passed; the rest is asked again next time */
 		return;
 	}
 	failed(ck, what & BEV_EVENT_TIMEOUT ? "timed out" : "connection failed");
@@ -211,6 +257,7 @@ void px_health_start(struct px_server *srv)
 			ck->srv = srv;
 			ck->up = &srv->pools[i].ups[j];
 			ck->up->check = ck;
+			ck->up->state_report = -1;
 			ck->body = evbuffer_new();
 			ck->timer = evtimer_new(srv->base, check_timer_cb, ck);
 			evtimer_add(ck->timer, &now);  /* the first check at once: learn models early */

@@ -16,12 +16,15 @@
 
 #include "auth.h"
 #include "conn.h"
+#include "count.h"
 #include "health.h"
 #include "listen.h"
 #include "px.h"
 #include "pxconf.h"
 #include "pxlog.h"
 #include "pxmetrics.h"
+#include "route.h"
+#include "tokcmd.h"
 #include "upstream.h"
 
 #define KVGATE_VERSION "0.1.0"
@@ -33,6 +36,8 @@ static void usage(FILE *out)
 		"       kvgate --check -c FILE    check the configuration and exit\n"
 		"       kvgate --conf-keys        list the configuration keys\n"
 		"       kvgate hash-key [KEY]    print the SHA-256 of an API key for users[].key_sha256\n"
+		"       kvgate tokenize MODEL_DIR [--add-special-tokens] [--chat]   text (or messages) -> ids\n"
+		"       kvgate detokenize MODEL_DIR [--skip-special-tokens]         ids -> text\n"
 		"       kvgate --version\n"
 		"signals: SIGHUP re-reads the TLS certificate and key and reopens the access log;\n"
 		"         SIGTERM/SIGINT stop accepting and let requests finish (shutdown_timeout_ms)\n");
@@ -117,19 +122,24 @@ static int serve(const char *conf_path, int check_only)
 	}
 	if (px_upstreams_init(&srv, &err)) {
 		fprintf(stderr, "kvgate: %s: %s\n", conf_path, err.msg);
-		goto out_base;
+		goto out_models;
 	}
 	px_users_init(&srv);
+	if (px_models_init(&srv, &err)) {
+		fprintf(stderr, "kvgate: %s: %s\n", conf_path, err.msg);
+		goto out_models;
+	}
+	px_route_init(&srv);
 	if (check_only) {
 		SSL_CTX *ctx = *srv.conf.listen ? px_tls_ctx_new(&srv.conf, &err) : NULL;
 		if (*srv.conf.listen && !ctx) {
 			fprintf(stderr, "kvgate: %s: %s\n", conf_path, err.msg);
-			goto out_upstreams;
+			goto out_route;
 		}
 		SSL_CTX_free(ctx);
 		printf("kvgate: %s is valid\n", conf_path);
 		rc = 0;
-		goto out_upstreams;
+		goto out_route;
 	}
 	if (px_log_open(&srv, &err) || px_listen_start(&srv, &err)) {
 		fprintf(stderr, "kvgate: %s\n", err.msg);
@@ -138,6 +148,7 @@ static int serve(const char *conf_path, int check_only)
 	if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1)
 		seed = (uint64_t)sh_now_us();
 	srv.next_rid = seed;
+	srv.t_start_s = sh_wall_s();
 	srv.free_ev = event_new(srv.base, -1, 0, free_cb, &srv);
 	srv.sig_hup = evsignal_new(srv.base, SIGHUP, hup_cb, &srv);
 	srv.sig_term = evsignal_new(srv.base, SIGTERM, term_cb, &srv);
@@ -155,13 +166,13 @@ static int serve(const char *conf_path, int check_only)
 	event_base_dispatch(srv.base);
 	px_log("stopped");
 	rc = 0;
-	px_health_stop(&srv);
 
+	px_health_stop(&srv);
 	while ((c = srv.conns))
 		px_conn_close(c);
-	px_upstreams_release(&srv);  /* closes pooled connections; reaped below */
 	px_conn_reap(&srv);
 	event_free(srv.free_ev);
+	srv.free_ev = NULL;  /* from here on, closed upstream connections are freed at once */
 	event_free(srv.sig_hup);
 	event_free(srv.sig_term);
 	event_free(srv.sig_int);
@@ -171,10 +182,12 @@ out_listen:
 	px_listen_stop(&srv);
 	SSL_CTX_free(srv.ssl_ctx);
 	px_log_close(&srv);
-out_upstreams:
+out_route:
+	px_route_release(&srv);
+out_models:
+	px_models_release(&srv);
 	px_users_release(&srv);
 	px_upstreams_release(&srv);
-out_base:
 	event_base_free(srv.base);
 out_conf:
 	px_metrics_release(&srv.met);
@@ -197,6 +210,8 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "hash-key") == 0)
 		return px_hashkey_main(argc - 1, argv + 1);
+	if (argc > 1 && (strcmp(argv[1], "tokenize") == 0 || strcmp(argv[1], "detokenize") == 0))
+		return px_tokcmd_main(argc - 1, argv + 1);
 	while ((ch = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c': conf = optarg; break;

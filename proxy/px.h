@@ -26,6 +26,10 @@ struct px_pool_conf {
 	char **upstreams;               /* "host:port" */
 	size_t n_upstreams;
 	int64_t max_model_len;          /* tokens; 0 = read from the engine's /v1/models */
+	char *model;                    /* served model name; "" = learn it from the engines */
+	char *tokenizer;                /* model directory with tokenizer.json; "" = no token counting */
+	char *chat_template;            /* renderer name; "" = recognise the model's template */
+	int64_t block_size;             /* the engines' KV block size (prefix hashes), tokens */
 };
 
 /* Per-user limits; 0 means "no limit" (the context limit then comes from the pools). In the users
@@ -64,6 +68,10 @@ struct px_conf {
 	int64_t health_interval_ms;     /* active checks of each engine's /health; 0 = off */
 	int64_t health_timeout_ms;
 	int64_t health_fails;           /* consecutive failed checks that eject an instance */
+	int64_t route_balance_abs;      /* in-flight spread (max - min) above which load wins ... */
+	int64_t route_balance_rel_pct;  /* ... if also max > min * this / 100 */
+	int64_t route_cache_threshold_pct; /* percent of a prompt's blocks cached to prefer that instance */
+	int64_t route_index_blocks;     /* per-instance approximate index size, blocks (LRU) */
 	struct px_pool_conf *pools;
 	size_t n_pools;
 	struct px_user_conf *users;     /* empty: no API keys, everyone is "anonymous" */
@@ -87,13 +95,27 @@ struct px_upstream {
 	struct px_check *check;         /* proxy/health.c */
 	char model[128];                /* first model id of its /v1/models, "" until known */
 	int64_t max_model_len;          /* from its /v1/models, 0 until known */
+	int64_t outstanding;            /* prompt + max_tokens of the requests on it, tokens */
+	struct px_pindex *index;        /* block hashes it likely holds (proxy/pindex.c) */
+	int state_report;               /* -1 not asked yet, 0 it has no /kvgate/state, 1 it reports */
+	uint64_t state_seq;             /* the report's sequence number we are up to */
 	struct px_upconn *idle;         /* pooled keep-alive connections, most recent first */
 	int n_idle;
 	struct sh_series *m_healthy;
 };
 
+struct sh_tok;
+struct sh_chat;
+struct px_pindex;
+
 struct px_pool {
 	char *name;
+	const char *model;              /* configured name, or "" */
+	struct sh_tok *tok;             /* shared by pools with the same tokenizer directory; NULL: none */
+	struct sh_chat *chat;
+	int own_tok;                    /* this pool frees tok and chat */
+	size_t block;                   /* prefix block size, tokens */
+	struct sh_series *m_prefix, *m_load, *m_miss;  /* kvgate_route_decisions_total by cause */
 	struct px_upstream *ups;
 	size_t n_ups;
 	size_t rr;                      /* round-robin cursor for ties */
@@ -108,7 +130,8 @@ struct px_metrics {
 	struct sh_series *in_flight, *conns_open, *conns_total, *tls_ok, *tls_fail;
 	struct sh_series *bytes_to_client, *bytes_to_upstream, *ttfb_all, *duration_all;
 	struct sh_series *retries, *upstream_errors;
-	struct sh_metric *user_in_flight, *rejections, *queue_time;
+	struct sh_metric *user_in_flight, *rejections, *queue_time, *route_decisions;
+	struct sh_series *blocks_requested, *blocks_matched;
 	struct sh_series *queue_time_all;
 };
 
@@ -152,6 +175,7 @@ struct px_server {
 	struct event *sig_hup, *sig_term, *sig_int, *drain_timer;
 	int draining;
 	uint64_t next_rid;
+	int64_t t_start_s;              /* wall clock at start: `created` of the models list */
 };
 
 /* ---- request and connection (proxy/conn.c, proxy/req.c) ---- */
@@ -196,6 +220,13 @@ struct px_req {
 	char err_buf[256];              /* err_msg may point here */
 	char err_hdrs[256];             /* extra header lines for the error answer (Retry-After, ...) */
 	struct px_user *user;           /* known after the auth stage */
+	int64_t prompt_tokens;          /* counted by the count stage; -1 when not counted */
+	int64_t max_tokens;             /* effective (clamped) max_tokens; -1 when not given */
+	int64_t tokens_est;             /* prompt + max_tokens (or the room left): outstanding on r->up */
+	uint64_t *hashes;               /* prefix-block hashes of the prompt (malloc'd), nhashes */
+	size_t nhashes;
+	struct px_upstream *route_up;   /* the route stage's choice for the first attempt */
+	struct px_upstream *outstanding_on;  /* the instance tokens_est is counted on */
 	struct px_wait *wait;           /* the limit stage's state: slot, queue place */
 	int64_t t_start_us, t_ttfb_us, t_end_us;
 	uint64_t bytes_out;             /* response body bytes to the client */

@@ -17,6 +17,14 @@ static const struct sh_conf_key pool_keys[] = {
 	  "engine instances, \"host:port\"" },
 	{ "max_model_len", SH_CONF_INT, P(max_model_len), 0, 16777216, 0, NULL, 0, NULL, 0,
 	  "context length the pool serves, tokens (0: ask the engines' /v1/models)" },
+	{ "model", SH_CONF_STR, P(model), 0, 0, 0, "", 0, NULL, 0,
+	  "model name the pool serves, matched against requests' \"model\" (\"\": learn it from the engines)" },
+	{ "tokenizer", SH_CONF_STR, P(tokenizer), 0, 0, 0, "", 0, NULL, 0,
+	  "model directory with tokenizer.json and tokenizer_config.json (\"\": no token counting)" },
+	{ "chat_template", SH_CONF_STR, P(chat_template), 0, 0, 0, "", 0, NULL, 0,
+	  "chat renderer: deepseek_v2, deepseek_v3, llama3, chatml, qwen3 (\"\": recognise the model's)" },
+	{ "block_size", SH_CONF_INT, P(block_size), 1, 1024, 16, NULL, 0, NULL, 0,
+	  "the engines' KV block size in tokens (prefix hashes must match theirs)" },
 	{ 0 }
 };
 
@@ -90,6 +98,14 @@ static const struct sh_conf_key keys[] = {
 	  "a check that takes longer has failed" },
 	{ "health_fails", SH_CONF_INT, K(health_fails), 1, 1000, 2, NULL, 0, NULL, 0,
 	  "consecutive failed checks that eject an instance; one passing check re-admits it" },
+	{ "route_balance_abs", SH_CONF_INT, K(route_balance_abs), 0, 100000, 4, NULL, 0, NULL, 0,
+	  "in a pool, load wins over a cached prefix when max - min requests in flight exceeds this ..." },
+	{ "route_balance_rel_pct", SH_CONF_INT, K(route_balance_rel_pct), 100, 100000, 150, NULL, 0, NULL, 0,
+	  "... and max exceeds min times this percent" },
+	{ "route_cache_threshold_pct", SH_CONF_INT, K(route_cache_threshold_pct), 0, 100, 50, NULL, 0, NULL, 0,
+	  "share of a prompt's blocks an instance must likely hold to be chosen for its prefix" },
+	{ "route_index_blocks", SH_CONF_INT, K(route_index_blocks), 16, 100000000, 65536, NULL, 0, NULL, 0,
+	  "per-instance index of the prefix blocks kvgate routed there (LRU), blocks" },
 	{ "pools", SH_CONF_LIST, K(pools), 1, 64, 0, NULL, K(n_pools), pool_keys,
 	  sizeof(struct px_pool_conf), "engine pools" },
 	{ "users", SH_CONF_LIST, K(users), 0, 100000, 0, NULL, K(n_users), user_keys,
@@ -147,10 +163,14 @@ static int check_users(struct px_conf *c, const char *path, struct sh_err *err)
 {
 	size_t i, j;
 	unsigned char d[32], e[32];
+	int counting;
 
-	if (c->user_defaults.max_context || c->user_defaults.tokens_per_minute)
-		return sh_errf(err, "%s: user_defaults: max_context and tokens_per_minute need kvgate's token "
-			       "counting, which is not built yet; leave them 0", path);
+	for (i = 0; i < c->n_pools && !*c->pools[i].tokenizer; i++)
+		;
+	counting = i < c->n_pools;
+	if (!counting && (c->user_defaults.max_context || c->user_defaults.tokens_per_minute))
+		return sh_errf(err, "%s: user_defaults: max_context and tokens_per_minute need token counts: "
+			       "set pools[].tokenizer", path);
 
 	for (i = 0; i < c->n_users; i++) {
 		struct px_user_conf *u = &c->users[i];
@@ -172,9 +192,9 @@ static int check_users(struct px_conf *c, const char *path, struct sh_err *err)
 		inherit(&u->lim.tokens_per_minute, c->user_defaults.tokens_per_minute);
 		inherit(&u->lim.queue, c->user_defaults.queue);
 		inherit(&u->lim.queue_timeout_ms, c->user_defaults.queue_timeout_ms);
-		if (u->lim.max_context || u->lim.tokens_per_minute)
-			return sh_errf(err, "%s: users[%zu]: max_context and tokens_per_minute need kvgate's token "
-				       "counting, which is not built yet; leave them 0", path, i);
+		if (!counting && (u->lim.max_context || u->lim.tokens_per_minute))
+			return sh_errf(err, "%s: users[%zu]: max_context and tokens_per_minute need token counts: "
+				       "set pools[].tokenizer", path, i);
 	}
 	return SH_OK;
 }

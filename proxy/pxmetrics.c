@@ -61,6 +61,15 @@ void px_metrics_init(struct px_metrics *m)
 	m->queue_time = sh_metric_new(&m->reg, "kvgate_queue_seconds", "Time waiting for a user's slot",
 				      SH_METRIC_HISTOGRAM, latency_bounds, SH_ARRAY_LEN(latency_bounds));
 	m->queue_time_all = sh_series_get(m->queue_time, "");
+	m->route_decisions = sh_metric_new(&m->reg, "kvgate_route_decisions_total",
+					   "Choices of instance in a pool, by cause: prefix (a cached prefix won), load "
+					   "(imbalance won), miss (nothing cached: least loaded)", SH_METRIC_COUNTER, NULL, 0);
+	t = sh_metric_new(&m->reg, "kvgate_prefix_blocks_total",
+			  "Prompt prefix blocks routed (requested) and those kvgate expected the chosen instance "
+			  "to hold (matched); matched/requested is the estimated prefix hit ratio",
+			  SH_METRIC_COUNTER, NULL, 0);
+	m->blocks_requested = sh_series_get(t, "kind=\"requested\"");
+	m->blocks_matched = sh_series_get(t, "kind=\"matched\"");
 	m->up_healthy = sh_metric_new(&m->reg, "kvgate_upstream_healthy",
 				      "1 if the engine instance is taking requests", SH_METRIC_GAUGE, NULL, 0);
 }

@@ -5,7 +5,10 @@
  *   local    /health and /metrics, answered here
  *   auth     API key -> user (proxy/auth.c)
  *   limit    the user's rates and concurrency slot (proxy/limit.c)
- *   forward  to an engine of the pool (proxy/forward.c)
+ *   models   GET /v1/models from what the pools serve
+ *   count    exact prompt tokens, context limits, the pool (proxy/count.c)
+ *   route    the instance of the pool: cached prefix vs load (proxy/route.c)
+ *   forward  to the engine (proxy/forward.c)
  */
 #include "req.h"
 
@@ -20,8 +23,10 @@
 
 #include "auth.h"
 #include "conn.h"
+#include "count.h"
 #include "forward.h"
 #include "limit.h"
+#include "route.h"
 #include "pxlog.h"
 #include "pxmetrics.h"
 #include "upstream.h"
@@ -169,6 +174,7 @@ static void req_free(struct px_req *r)
 		px_upconn_abort(r->uc);
 	if (r->json)
 		cJSON_Delete(r->json);
+	free(r->hashes);
 	evbuffer_free(r->body);
 	free(r);
 }
@@ -324,6 +330,70 @@ static int stage_check(struct px_req *r)
 	return PX_NEXT;
 }
 
+/* GET /v1/models (and /v1/models/ID): what the pools serve, with the largest context any pool
+ * gives each model (vLLM's max_model_len, which Continue reads). Returns PX_NEXT (forward it) while
+ * no pool knows its model yet. */
+static int models_local(struct px_req *r)
+{
+	struct px_server *srv = r->conn->srv;
+	const char *url = sh_http_url(r->msg), *want = NULL;
+	cJSON *root, *data, *one = NULL;
+	size_t i, j;
+	char *text;
+
+	if (strncmp(url, "/v1/models/", 11) == 0)
+		want = url + 11;
+	for (i = 0; i < srv->n_pools && !*px_pool_model(&srv->pools[i]); i++)
+		;
+	if (i == srv->n_pools)
+		return PX_NEXT;
+	root = cJSON_CreateObject();
+	cJSON_AddStringToObject(root, "object", "list");
+	data = cJSON_AddArrayToObject(root, "data");
+	for (i = 0; i < srv->n_pools; i++) {
+		const char *name = px_pool_model(&srv->pools[i]);
+		int64_t len = 0;
+		cJSON *m;
+
+		for (j = 0; j < i && strcmp(px_pool_model(&srv->pools[j]), name) != 0; j++)
+			;
+		if (!*name || j < i)
+			continue;  /* unknown, or listed already */
+		for (j = i; j < srv->n_pools; j++)
+			if (strcmp(px_pool_model(&srv->pools[j]), name) == 0 && px_pool_max_len(&srv->pools[j]) > len)
+				len = px_pool_max_len(&srv->pools[j]);
+		m = cJSON_CreateObject();
+		cJSON_AddStringToObject(m, "id", name);
+		cJSON_AddStringToObject(m, "object", "model");
+		cJSON_AddNumberToObject(m, "created", (double)srv->t_start_s);
+		cJSON_AddStringToObject(m, "owned_by", "kvgate");
+		if (len)
+			cJSON_AddNumberToObject(m, "max_model_len", (double)len);
+		if (want && strcmp(want, name) == 0)
+			one = cJSON_Duplicate(m, 1);
+		cJSON_AddItemToArray(data, m);
+	}
+	if (want && !one) {
+		cJSON_Delete(root);
+		snprintf(r->err_buf, sizeof(r->err_buf), "The model `%.100s` does not exist.", want);
+		r->err_msg = r->err_buf;
+		r->err_code = "model_not_found";
+		r->err_param = "model";
+		return 404;
+	}
+	text = cJSON_PrintUnformatted(one ? one : root);
+	cJSON_Delete(one);
+	cJSON_Delete(root);
+	px_req_reply(r, 200, "application/json", text, strlen(text), NULL);
+	free(text);
+	return PX_DONE;
+}
+
+static int stage_models(struct px_req *r)
+{
+	return r->route == PX_ROUTE_MODELS && r->method == HTTP_GET ? models_local(r) : PX_NEXT;
+}
+
 static int stage_local(struct px_req *r)
 {
 	struct px_server *srv = r->conn->srv;
@@ -353,6 +423,9 @@ static const struct {
 	{ "local", stage_local },
 	{ "auth", px_auth_stage },
 	{ "limit", px_limit_stage },
+	{ "models", stage_models },
+	{ "count", px_count_stage },
+	{ "route", px_route_stage },
 	{ "forward", px_forward_stage },
 };
 

@@ -32,9 +32,17 @@ kv_listening "$P" && kv_fail "a kvgate with a bad configuration still listens on
 
 kv_start_kvgate "$C" "$P"
 
-# ---- forwarded routes (the answer comes from a kvup: x-kvup-name passes through) ----
+# ---- /v1/models: kvgate lists what the engines reported (their /v1/models, read by its checks) ----
 kv_eq "GET /v1/models" 200 "$(kv_curl "$R" "$U/v1/models")"
-kv_match "/v1/models from an upstream" '^up[12]$' "$(kv_json "$R" 'j.data[0].id')"
+kv_match "/v1/models lists the engines' model" '^up[12]$' "$(kv_json "$R" 'j.data[0].id')"
+kv_eq "  with its max_model_len" 4096 "$(kv_json "$R" 'j.data[0].max_model_len')"
+kv_eq "  object list" list "$(kv_json "$R" 'j.object')"
+kv_eq "GET /v1/models/ID" 200 "$(kv_curl "$R" "$U/v1/models/$(kv_json "$R" 'j.data[0].id')")"
+kv_eq "GET /v1/models/unknown -> 404" 404 "$(kv_curl "$R" "$U/v1/models/nope")"
+kv_match "  model_not_found" '"code":"model_not_found"' "$(cat "$R")"
+
+# ---- forwarded routes (the answer comes from a kvup: x-kvup-name passes through) ----
+kv_eq "GET /v1/echo" 200 "$(kv_curl "$R" "$U/v1/echo")"
 kv_match "upstream response headers pass through" '^up[12]$' "$(kv_header "$R.h" x-kvup-name)"
 kv_eq "POST /v1/chat/completions" 200 "$(kv_curl "$R" "$U/v1/chat/completions" -H 'content-type: application/json' \
 	-d '{"model":"m","messages":[{"role":"user","content":"hi"}]}')"

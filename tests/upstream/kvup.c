@@ -526,8 +526,10 @@ static void answer_completion(struct conn *c, enum kind kind)
 {
 	cJSON *req = cJSON_ParseWithLength(c->body.p ? c->body.p : "", c->body.len);
 	struct evbuffer *b;
+	const cJSON *mt;
 	char model[128];
 	int tokens, pad, prompt;
+	long long max_tokens;
 
 	if (!cJSON_IsObject(req)) {
 		cJSON_Delete(req);
@@ -543,6 +545,8 @@ static void answer_completion(struct conn *c, enum kind kind)
 	pad = (int)header_long(c, "x-kvup-pad", 0, 0, KVUP_MAX_PAD);
 	prompt = (int)(c->body.len / 4 + 1);
 	safe_model(model, sizeof(model), req);
+	mt = cJSON_GetObjectItemCaseSensitive(req, "max_tokens");
+	max_tokens = cJSON_IsNumber(mt) ? (long long)mt->valuedouble : -1;
 	cJSON_Delete(req);
 	b = evbuffer_new();
 	evbuffer_add_printf(b, "{\"id\":\"%s-kvup-%lld\",\"object\":\"%s\",\"created\":%lld,\"model\":"
@@ -560,9 +564,11 @@ static void answer_completion(struct conn *c, enum kind kind)
 		for (int left = pad; left > 0; left -= (int)sizeof(x))
 			evbuffer_add(b, x, (size_t)SH_MIN(left, (int)sizeof(x)));
 	}
+	/* kvup_max_tokens: the max_tokens it was sent (-1: none), so tests see what a proxy forwarded */
 	evbuffer_add_printf(b, "\"%s,\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{"
-			    "\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}",
-			    kind == K_CHAT ? "}" : "", prompt, tokens, prompt + tokens);
+			    "\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d},"
+			    "\"kvup_max_tokens\":%lld}",
+			    kind == K_CHAT ? "}" : "", prompt, tokens, prompt + tokens, max_tokens);
 	send_response(c, 200, "application/json", b,
 		      (int)header_long(c, "x-kvup-delay-ms", 0, 0, 3600000));
 }

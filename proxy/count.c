@@ -1,0 +1,269 @@
+/* count.c: exact prompt counting and the choice of pool (see count.h). */
+#include "count.h"
+
+#include <cJSON.h>
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.h"
+#include "limit.h"
+#include "tok.h"
+
+int px_models_init(struct px_server *srv, struct sh_err *err)
+{
+	size_t i, j;
+
+	for (i = 0; i < srv->n_pools; i++) {
+		struct px_pool *p = &srv->pools[i];
+		struct px_pool_conf *pc = &srv->conf.pools[i];
+
+		p->model = pc->model;
+		p->block = (size_t)pc->block_size;
+		if (!*pc->tokenizer)
+			continue;
+		for (j = 0; j < i; j++) {
+			if (srv->pools[j].tok && strcmp(srv->conf.pools[j].tokenizer, pc->tokenizer) == 0 &&
+			    strcmp(srv->conf.pools[j].chat_template, pc->chat_template) == 0) {
+				p->tok = srv->pools[j].tok;
+				p->chat = srv->pools[j].chat;
+				break;
+			}
+		}
+		if (p->tok)
+			continue;
+		p->tok = sh_tok_new(pc->tokenizer, err);
+		if (!p->tok)
+			return sh_errf(err, "pools[%zu].tokenizer: %s", i, err->msg);
+		p->own_tok = 1;
+		/* A model without a chat template still counts completions prompts. */
+		p->chat = sh_chat_new(p->tok, *pc->chat_template ? pc->chat_template : NULL, err);
+		if (!p->chat && (*pc->chat_template || sh_tok_chat_template(p->tok)))
+			return sh_errf(err, "pools[%zu]: %s (set pools[%zu].chat_template to one of deepseek_v2, "
+				       "deepseek_v3, llama3, chatml, qwen3)", i, err->msg, i);
+	}
+	return SH_OK;
+}
+
+void px_models_release(struct px_server *srv)
+{
+	size_t i;
+
+	for (i = 0; i < srv->n_pools; i++) {
+		if (srv->pools[i].own_tok) {
+			sh_chat_free(srv->pools[i].chat);
+			sh_tok_free(srv->pools[i].tok);
+		}
+		srv->pools[i].tok = NULL;
+		srv->pools[i].chat = NULL;
+	}
+}
+
+int64_t px_pool_max_len(const struct px_pool *p)
+{
+	int64_t best = 0;
+	size_t i;
+
+	if (p->max_model_len)
+		return p->max_model_len;
+	for (i = 0; i < p->n_ups; i++)
+		if (p->ups[i].max_model_len && (!best || p->ups[i].max_model_len < best))
+			best = p->ups[i].max_model_len;
+	return best;
+}
+
+const char *px_pool_model(const struct px_pool *p)
+{
+	size_t i;
+
+	if (p->model && *p->model)
+		return p->model;
+	for (i = 0; i < p->n_ups; i++)
+		if (p->ups[i].model[0])
+			return p->ups[i].model;
+	return "";
+}
+
+/* The pools that serve the request's model. Routing by model uses the configured names only
+ * (pools[].model): names learned from engines are listed by /v1/models but do not refuse requests,
+ * so a pool without a configured name takes any model and its engines judge it. Returns how many
+ * were written to out; 0 means "no pool serves that model". */
+static size_t candidates(struct px_server *srv, const char *model, struct px_pool **out)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < srv->n_pools; i++) {
+		const char *pm = srv->pools[i].model;
+		if (!model || !*pm || strcmp(pm, model) == 0)
+			out[n++] = &srv->pools[i];
+	}
+	return n;
+}
+
+/* max_completion_tokens, else max_tokens: -1 when absent; -2 when not a positive integer. */
+static int64_t requested_max(const cJSON *body, const char **param)
+{
+	static const char *const names[] = { "max_completion_tokens", "max_tokens" };
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, names[i]);
+		*param = names[i];
+		if (!v || cJSON_IsNull(v))
+			continue;
+		if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble != (double)(int64_t)v->valuedouble)
+			return -2;
+		return (int64_t)v->valuedouble;
+	}
+	return -1;
+}
+
+/* Rewrite the body with max_tokens = n (each spelling that was present; max_tokens if none). */
+static void clamp_body(struct px_req *r, int64_t n)
+{
+	static const char *const names[] = { "max_completion_tokens", "max_tokens" };
+	char *text;
+	size_t i, found = 0;
+
+	for (i = 0; i < 2; i++) {
+		if (cJSON_GetObjectItemCaseSensitive(r->json, names[i])) {
+			cJSON_ReplaceItemInObjectCaseSensitive(r->json, names[i], cJSON_CreateNumber((double)n));
+			found++;
+		}
+	}
+	if (!found)
+		cJSON_AddNumberToObject(r->json, "max_tokens", (double)n);
+	text = cJSON_PrintUnformatted(r->json);
+	if (!text)
+		return;
+	evbuffer_drain(r->body, evbuffer_get_length(r->body));
+	evbuffer_add(r->body, text, strlen(text));
+	free(text);
+}
+
+static int too_long(struct px_req *r, int64_t limit, int64_t prompt, int64_t want, int user_limit)
+{
+	if (want > 0)
+		snprintf(r->err_buf, sizeof(r->err_buf),
+			 "This model's maximum context length is %lld tokens%s. However, you requested %lld tokens "
+			 "(%lld in the messages, %lld in the completion). Please reduce the length of the messages "
+			 "or completion.", (long long)limit, user_limit ? " (your account's limit)" : "",
+			 (long long)(prompt + want), (long long)prompt, (long long)want);
+	else
+		snprintf(r->err_buf, sizeof(r->err_buf),
+			 "This model's maximum context length is %lld tokens%s. However, your messages resulted in "
+			 "%lld tokens. Please reduce the length of the messages.", (long long)limit,
+			 user_limit ? " (your account's limit)" : "", (long long)prompt);
+	r->err_msg = r->err_buf;
+	r->err_code = "context_length_exceeded";
+	r->err_param = "messages";
+	return 400;
+}
+
+int px_count_stage(struct px_req *r)
+{
+	struct px_server *srv = r->conn->srv;
+	struct px_pool *cand[64], *best = NULL, *widest = NULL;
+	const cJSON *mj;
+	const char *model, *param;
+	struct sh_prompt pr;
+	struct sh_err err;
+	int64_t want, user_max, limit, best_limit = 0, widest_limit = -1;
+	size_t n, i;
+	int rc;
+
+	r->prompt_tokens = -1;
+	r->max_tokens = -1;
+	mj = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
+	model = cJSON_IsString(mj) ? mj->valuestring : NULL;
+	n = candidates(srv, model, cand);
+	if (n == 0) {
+		snprintf(r->err_buf, sizeof(r->err_buf), "The model `%.100s` does not exist or you do not have "
+			 "access to it.", model);
+		r->err_msg = r->err_buf;
+		r->err_code = "model_not_found";
+		r->err_param = "model";
+		return 404;
+	}
+	r->pool = cand[0];
+	/* Only chat and completions carry a prompt kvgate can count; the rest go to the first pool
+	 * that serves the model (the widest for /v1/responses, whose length is unknown). */
+	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS) {
+		for (i = 0; i < n; i++)
+			if (r->route == PX_ROUTE_RESPONSES && px_pool_max_len(cand[i]) > px_pool_max_len(r->pool))
+				r->pool = cand[i];
+		return PX_NEXT;
+	}
+	if (!cand[0]->tok)
+		return PX_NEXT;  /* no tokenizer configured: a plain proxy for this model */
+
+	want = requested_max(r->json, &param);
+	if (want == -2) {
+		snprintf(r->err_buf, sizeof(r->err_buf), "'%s' must be a positive integer", param);
+		r->err_msg = r->err_buf;
+		r->err_param = param;
+		r->err_code = "invalid_value";
+		return 400;
+	}
+	sh_prompt_init(&pr);
+	rc = sh_prompt_build(cand[0]->tok, cand[0]->chat, r->json, model ? model : px_pool_model(cand[0]),
+			     cand[0]->block, &pr, &err);
+	if (rc == SH_PARSE) {
+		sh_prompt_release(&pr);
+		snprintf(r->err_buf, sizeof(r->err_buf), "%s", err.msg);
+		r->err_msg = r->err_buf;
+		r->err_code = "invalid_request";
+		return 400;
+	}
+	if (rc != SH_OK) {
+		/* Not countable here (batched prompts, no renderer): the engine decides. */
+		sh_prompt_release(&pr);
+		return PX_NEXT;
+	}
+	r->prompt_tokens = (int64_t)pr.ids.n;
+	r->hashes = pr.hashes;
+	r->nhashes = pr.nhashes;
+	pr.hashes = NULL;
+	sh_prompt_release(&pr);
+
+	/* The smallest pool that fits prompt + max_tokens (at least one token of room when max_tokens
+	 * is not given); else the widest, with max_tokens clamped to its room. */
+	user_max = r->user ? r->user->lim.max_context : 0;
+	for (i = 0; i < n; i++) {
+		limit = px_pool_max_len(cand[i]);
+		if (!limit)
+			limit = INT64_MAX;  /* unknown yet: assume it fits */
+		if (user_max && user_max < limit)
+			limit = user_max;
+		if (limit > widest_limit) {
+			widest_limit = limit;
+			widest = cand[i];
+		}
+		if (r->prompt_tokens + (want > 0 ? want : 1) <= limit && (!best || limit < best_limit)) {
+			best = cand[i];
+			best_limit = limit;
+		}
+	}
+	if (!best) {
+		if (r->prompt_tokens >= widest_limit)
+			return too_long(r, widest_limit, r->prompt_tokens, want,
+					user_max && user_max == widest_limit);
+		best = widest;
+		best_limit = widest_limit;
+	}
+	r->pool = best;
+	if (want > 0 && r->prompt_tokens + want > best_limit) {
+		want = best_limit - r->prompt_tokens;
+		clamp_body(r, want);
+	} else if (want < 0 && user_max && best_limit == user_max) {
+		/* the engine would fill its own, larger context: the user's limit must say so */
+		want = best_limit - r->prompt_tokens;
+		clamp_body(r, want);
+	}
+	r->max_tokens = want;
+	/* outstanding work on the instance, for load balancing: the room left when max_tokens is open */
+	r->tokens_est = r->prompt_tokens + (want > 0 ? want : best_limit == INT64_MAX ? 0 : best_limit - r->prompt_tokens);
+	/* tokens per minute: the prompt and max_tokens when given (not a room nobody asked for) */
+	return px_limit_tokens(r, r->prompt_tokens + (want > 0 ? want : 0));
+}
