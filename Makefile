@@ -59,7 +59,7 @@ LDLIBS_ENGINE = -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 
-.PHONY: all deps deps-test test run asan clean bench-proxy units integ
+.PHONY: all deps deps-test test run asan clean bench-proxy bench-engine-cpu units integ
 all: $(KVGATE) $(LIBSHARED) $(if $(wildcard engine/main.c),$(ENGINE)) $(TESTBINS)
 
 deps:
@@ -123,6 +123,10 @@ asan: deps-test
 bench-proxy: deps-test
 	@$(MAKE) --no-print-directory all
 	@sh bench/proxy.sh $(BUILD)
+
+bench-engine-cpu: deps-test
+	@$(MAKE) --no-print-directory all
+	@sh bench/engine_cpu.sh $(BUILD)
 
 clean:
 	rm -rf build build-asan
