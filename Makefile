@@ -17,8 +17,11 @@ LLHTTP    = /usr/share/llhttp
 # Lazy (=): pkg-config only runs once deps are installed.
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
-# snprintf truncation is deliberate here (bounded messages), so that warning is off.
-CFLAGS_BASE = -std=c11 $(OPT) -g -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -MMD -MP $(SAN) \
+# snprintf truncation is deliberate here (bounded messages), so that warning is off (a gcc
+# warning: clang, used for the fuzzers, is told not to mind the unknown name).
+CC_IS_CLANG = $(findstring clang,$(shell $(CC) --version 2>/dev/null | head -n 1))
+CFLAGS_BASE = -std=c11 $(OPT) -g -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation \
+	$(if $(CC_IS_CLANG),-Wno-unknown-warning-option) -MMD -MP $(SAN) \
 	-I. -Ishared -I/usr/share/include/llhttp $(PKG_CFLAGS)
 CFLAGS   += $(CFLAGS_BASE) -pthread
 LDLIBS    = $(PKG_LIBS) -lm -pthread
@@ -28,6 +31,7 @@ SHARED_SRC = $(wildcard shared/*.c)
 PROXY_SRC  = $(filter-out proxy/main.c,$(wildcard proxy/*.c))
 ENGINE_SRC = $(filter-out engine/main.c,$(wildcard engine/*.c engine/*/*.c engine/*/*/*.c))
 UNIT_SRC   = $(wildcard tests/unit/test_*.c)
+FUZZ_SRC   = $(wildcard tests/fuzz/fuzz_*.c)
 TOOL_SRC   = $(wildcard tests/upstream/*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -59,7 +63,8 @@ LDLIBS_ENGINE = -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 
-.PHONY: all deps deps-test test run asan clean bench-proxy bench-engine-cpu units integ
+.PHONY: all deps deps-test test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer units integ
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 all: $(KVGATE) $(LIBSHARED) $(if $(wildcard engine/main.c),$(ENGINE)) $(TESTBINS)
 
 deps:
@@ -98,13 +103,23 @@ $(ENGINE): $(BUILD)/obj/engine/main.o $(LIBENGINE) $(LIBSHARED)
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(LIBPROXY) $(if $(ENGINE_SRC),$(LIBENGINE)) $(LIBSHARED)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $(filter %.c %.a,$^) $(CHECK_LIBS) $(LDLIBS) $(LDLIBS_ENGINE)
+# libFuzzer targets (make fuzz builds them with clang into build-fuzz/).
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBPROXY) $(LIBENGINE) $(LIBSHARED)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $(filter %.c %.a,$^) $(LDLIBS)
 $(BUILD)/tests/%: tests/upstream/%.c $(LIBSHARED)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $(filter %.c %.a,$^) $(LDLIBS)
 
-# The test suite: unit suites (Check), then the integration scripts that start real processes.
+# The test suite: unit suites (Check), then the integration scripts that start real processes;
+# then the same again built with ASan + UBSan; then every fuzzer for FUZZ_SMOKE seconds. Builds
+# run in parallel, tests one after another.
+FUZZ_SMOKE ?= 10
 test: deps-test
+	@$(MAKE) --no-print-directory -j$(JOBS) all $(UNITS)
 	@$(MAKE) --no-print-directory units integ
+	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE)
 units: all $(UNITS)
 	@fail=0; for t in $(UNITS); do echo "== $$t"; $$t || fail=1; done; exit $$fail
 integ: all
@@ -112,23 +127,39 @@ integ: all
 		BUILD=$(BUILD) sh $$t || { echo "FAIL $$t"; fail=1; }; done; exit $$fail
 
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@sh tools/run.sh $(BUILD)
 
+ASAN_SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 asan: deps-test
-	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 NVCC= \
-		SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-		units integ
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-asan OPT=-O1 NVCC= SAN="$(ASAN_SAN)" all \
+		$(patsubst $(BUILD)/%,build-asan/%,$(UNITS))
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 NVCC= SAN="$(ASAN_SAN)" units integ
 
 bench-proxy: deps-test
 	@$(MAKE) --no-print-directory all
 	@sh bench/proxy.sh $(BUILD)
+
+# Fuzzing: every tests/fuzz/fuzz_*.c with libFuzzer, ASan and UBSan, FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 60
+FUZZ_SAN = -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+fuzz: deps-test
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-fuzz CC=clang OPT=-O1 NVCC= SAN="$(FUZZ_SAN)" \
+		$(patsubst tests/fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
+	@sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+bench-tokenizer: deps-test
+	@$(MAKE) --no-print-directory $(BUILD)/bench/tokenizer_bench
+	@sh bench/tokenizer.sh $(BUILD)
+$(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(LIBSHARED)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $(filter %.c %.a,$^) $(LDLIBS)
 
 bench-engine-cpu: deps-test
 	@$(MAKE) --no-print-directory all
 	@sh bench/engine_cpu.sh $(BUILD)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

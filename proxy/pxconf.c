@@ -199,12 +199,9 @@ static int check_users(struct px_conf *c, const char *path, struct sh_err *err)
 	return SH_OK;
 }
 
-int px_conf_load(struct px_conf *c, const char *path, struct sh_err *err)
+/* What the table cannot say: checked after loading from a file or from text. */
+static int check(struct px_conf *c, const char *path, struct sh_err *err)
 {
-	memset(c, 0, sizeof(*c));
-	sh_conf_defaults(keys, c);
-	if (sh_conf_load(keys, c, path, err))
-		goto out_release;
 	if (!*c->listen && !*c->listen_plain) {
 		sh_errf(err, "%s: listen and listen_plain are both empty: nothing to serve", path);
 		goto out_release;
@@ -223,4 +220,26 @@ int px_conf_load(struct px_conf *c, const char *path, struct sh_err *err)
 out_release:
 	px_conf_release(c);
 	return SH_ERR;
+}
+
+int px_conf_load(struct px_conf *c, const char *path, struct sh_err *err)
+{
+	memset(c, 0, sizeof(*c));
+	sh_conf_defaults(keys, c);
+	if (sh_conf_load(keys, c, path, err)) {
+		px_conf_release(c);
+		return SH_ERR;
+	}
+	return check(c, path, err);
+}
+
+int px_conf_parse(struct px_conf *c, char *text, const char *name, struct sh_err *err)
+{
+	memset(c, 0, sizeof(*c));
+	sh_conf_defaults(keys, c);
+	if (sh_conf_parse(keys, c, text, err)) {
+		px_conf_release(c);
+		return SH_ERR;
+	}
+	return check(c, name, err);
 }

@@ -78,10 +78,10 @@ void sh_prompt_release(struct sh_prompt *p);
 
 /* The proxy's call: from a parsed OpenAI request body, the exact prompt ids, their count (ids.n)
  * and the prefix-block hashes (block tokens per block, seeded with the model name), in one pass.
- *   chat:        body.messages rendered by chat (with the generation prompt unless the last
- *                message is an assistant's and body.add_generation_prompt is false;
- *                body.chat_template_kwargs.enable_thinking=false is honoured), encoded without
- *                adding special tokens (the template has them);
+ *   chat:        body.messages rendered by chat, with the generation prompt unless
+ *                body.add_generation_prompt is false (vLLM's field; default true), honouring
+ *                body.chat_template_kwargs.enable_thinking=false, encoded without adding special
+ *                tokens (the template has them); body.tools is not rendered (approx is set);
  *   completions: body.prompt as a string, a one-element list of strings, a list of token ids or a
  *                one-element list of such lists; with body.suffix the FIM text; strings are
  *                encoded with the post-processor (SH_TOK_ADD_SPECIAL), as vLLM does.

@@ -1885,6 +1885,8 @@ int sh_tok_encode(struct sh_tok *tok, const char *text, size_t len, int flags,
 		sh_errf(err, "text of %zu bytes is over the tokenizer's cap of %zu", len, SH_TOK_MAX_TEXT);
 		return SH_TOOBIG;
 	}
+	if (!text)
+		text = "";
 	/* pieces are addressed with 32-bit offsets, rewriting steps included */
 	if (len > UINT32_MAX / (8 * tok->pre_grow)) {
 		sh_errf(err, "text of %zu bytes is too large for this tokenizer's pre-tokenizer", len);

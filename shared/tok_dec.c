@@ -414,7 +414,8 @@ static void stream_general(struct sh_tok_stream *st, int final)
 	if (has_fb && !final)
 		while (j > st->start && is_byte_tok(tok, st->ids.ids[j - 1]))
 			j--;
-	decode_into(tok, st->ids.ids + st->start, j - st->start, st->flags, &full);
+	if (j > st->start)
+		decode_into(tok, st->ids.ids + st->start, j - st->start, st->flags, &full);
 	if (full.n > st->emitted) {
 		sb_add(&st->out, full.p + st->emitted, full.n - st->emitted);
 		st->emitted = full.n;
