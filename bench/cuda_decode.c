@@ -3,7 +3,10 @@
  * ms/step and tokens/s at batch 1, 8, 32 with 512 and 8192 tokens of context; time to first token
  * of a 2048-token prompt; bytes one step reads (weights of the experts a uniform router touches +
  * the KV cache) over the measured device-to-device copy bandwidth (% of roofline).
- * Usage: cuda_decode [--quick]. Prints a table; the notes are bench/NOTES-cuda.md. */
+ * Usage: cuda_decode [--quick | --profile B]. Prints a table; the notes are bench/NOTES-cuda.md.
+ * --profile B: bf16 KV, batch B at 512 context only, one step after the warm-up between
+ * cudaProfilerStart/Stop, every op launched one by one (for ncu --profile-from-start off). */
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -158,6 +161,8 @@ static double copy_bandwidth(void)
 int main(int argc, char **argv)
 {
 	int quick = argc > 1 && !strcmp(argv[1], "--quick");
+	int prof = argc > 2 && !strcmp(argv[1], "--profile") ? atoi(argv[2]) : 0;
+	quick |= prof > 0;
 	struct sh_err err;
 	be = eng_cuda_new(0, &err);
 	if (!be) {
@@ -187,7 +192,13 @@ int main(int argc, char **argv)
 	float *logits = malloc(sizeof(float) * (size_t)maxB * c->vocab);
 	printf("\n%-5s %5s %6s %10s %10s %9s %9s %7s\n", "kv", "batch", "ctx", "ms/step", "tokens/s", "GB/step", "GB/s",
 	       "%copy");
-	for (int fi = 0; fi < 3; fi++) {
+	/* graphs_off: the bf16 rows at 512 once more with every op launched one by one (the version
+	 * before recorded steps), for the before/after on the same machine and weights */
+	for (int pass = 0; pass < 4; pass++) {
+		if ((quick && (pass == 1 || pass == 2)) || (prof && pass))
+			continue; /* bf16, then the no-graphs rows */
+		int graphs_off = pass == 3, fi = graphs_off ? 0 : pass;
+		eng_cuda_set_graphs(be, !graphs_off && !prof);
 		int nblk = maxB * ((maxctx + 15) / 16) + 8;
 		struct eng_kv *kv = eng_kv_new(be, fmts[fi], &shape, nblk, &err);
 		if (!kv) {
@@ -209,8 +220,8 @@ int main(int argc, char **argv)
 			if (eng_kv_seq_prepare(kv, &seqs[s], 0, 8192, &err))
 				return 2;
 		}
-		for (int s = 0; s < maxB; s++)
-			for (int p0 = 0; p0 < 8192; p0 += chunk) {
+		for (int s = 0; s < (prof ? prof : maxB); s++)
+			for (int p0 = 0; p0 < (prof ? 512 : 8192); p0 += chunk) {
 				for (int i = 0; i < chunk; i++)
 					pos[i] = p0 + i, si[i] = s;
 				struct eng_batch b = {chunk, NULL, pos, si, sp, maxB, NULL};
@@ -218,8 +229,12 @@ int main(int argc, char **argv)
 					be->kv_write(be, kv, l, &b, rows_d + (l % 7) * 16, E);
 			}
 		for (int bi = 0; bi < 3; bi++)
-			for (int ci = 0; ci < 2; ci++) {
+			for (int ci = 0; ci < (graphs_off ? 1 : 2); ci++) {
 				int B = Bs[bi], ctx = ctxs[ci];
+				if (prof && (ci || bi))
+					continue;
+				if (prof)
+					B = prof;
 				int32_t ids[32], ps[32], sx[32];
 				uint8_t want[32];
 				double tt = 0;
@@ -232,9 +247,16 @@ int main(int argc, char **argv)
 					}
 					struct eng_batch b = {B, ids, ps, sx, sp, maxB, want};
 					double t1 = now();
+					if (prof && st == warm)
+						cudaProfilerStart();
 					if (eng_model_forward(m, kv, &b, logits, &err)) {
 						fprintf(stderr, "forward: %s\n", err.msg);
 						return 2;
+					}
+					if (prof && st == warm) {
+						cudaProfilerStop();
+						printf("profiled one step at batch %d\n", B);
+						return 0;
 					}
 					if (st >= warm)
 						tt += now() - t1;
@@ -244,14 +266,15 @@ int main(int argc, char **argv)
 				double ms = tt / steps * 1e3;
 				double kvb = (double)B * (ctx + warm + steps / 2) * c->n_layers * eng_kv_bytes_per_token_layer(kv);
 				double by = step_weight_bytes(c, B) + kvb;
-				printf("%-5s %5d %6d %10.2f %10.1f %9.2f %9.0f %6.1f%%\n", eng_kv_fmt_name(fmts[fi]), B, ctx, ms,
-				       B / (ms * 1e-3), by / 1e9, by / (ms * 1e-3) / 1e9, 100.0 * by / (ms * 1e-3) / bw);
+				printf("%-5s %5d %6d %10.2f %10.1f %9.2f %9.0f %6.1f%%%s\n", eng_kv_fmt_name(fmts[fi]), B, ctx, ms,
+				       B / (ms * 1e-3), by / 1e9, by / (ms * 1e-3) / 1e9, 100.0 * by / (ms * 1e-3) / bw,
+				       graphs_off ? "  (no graphs)" : "");
 				fflush(stdout);
 			}
 		for (int s = 0; s < maxB; s++)
 			eng_kv_seq_release(kv, &seqs[s]);
 		/* time to first token: one 2048-token prompt */
-		{
+		if (!graphs_off) {
 			int n = 2048;
 			int32_t *tid = malloc(sizeof(int32_t) * n), *tp = malloc(sizeof(int32_t) * n), *ts = calloc(n, 4);
 			for (int i = 0; i < n; i++)
@@ -281,9 +304,10 @@ int main(int argc, char **argv)
 		be->release(be, rows_d);
 		free(rows_h), free(seqs), free(sp);
 		eng_kv_free(kv);
-		if (quick)
-			break;
 	}
+	long rep, rec, eag;
+	eng_cuda_step_stats(be, &rep, &rec, &eag);
+	printf("steps: %ld replayed, %ld recorded, %ld eager\n", rep, rec, eag);
 	free(logits);
 	return 0;
 }

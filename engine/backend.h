@@ -90,6 +90,26 @@ struct eng_backend {
 	void (*moe_ffn)(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx,
 			const float *wt, int top_k, int n_experts, const struct eng_w *gate, const struct eng_w *up,
 			const struct eng_w *down, float *out, float *scratch);
+
+	/* ---- optional: NULL where the backend has none (the CPU); callers fall back ---- */
+
+	/* nh matmuls of one shape in one call: for h < nh, y_h (n, w[h].rows) at y + h*hy [row stride
+	 * ldy] = x_h (n, w[h].cols) at x + h*hx [row stride ldx] . W_h^T. Every w[h] has the same rows,
+	 * cols, ld and dtype (the MLA absorption's per-head matrices). NULL: nh calls of matmul. */
+	void (*matmul_heads)(struct eng_backend *be, const float *x, int ldx, int hx, int n, int nh,
+			     const struct eng_w *w, float *y, int ldy, int hy);
+	/* Whole-step recording (CUDA graphs). The forward pass calls step_begin before its first op of a
+	 * step whose op sequence depends only on (owner, kv, b->n, the block-table length, variant), never
+	 * on the values of ids, positions or tables; then, when step_begin returned 0, it issues every op
+	 * of the step and calls step_end, which may record them; when it returned 1 the backend has
+	 * replayed the recorded step with this batch's ids, positions and tables, and the caller issues
+	 * nothing before step_end. Inside a step no op may read device data on the host or allocate.
+	 * b, its arrays and kv must stay unchanged until step_end. */
+	int (*step_begin)(struct eng_backend *be, const struct eng_batch *b, const struct eng_kv *kv,
+			  const void *owner, int variant);
+	void (*step_end)(struct eng_backend *be);
+	/* Drops every recording made for owner (a model being freed: its buffers' addresses are baked in). */
+	void (*step_forget)(struct eng_backend *be, const void *owner);
 };
 
 /* Floats of scratch moe_ffn needs for n tokens. */

@@ -381,6 +381,8 @@ void eng_model_free(struct eng_model *m)
 		m->be->release(m->be, m->ws);
 	if (m->ws_idx)
 		m->be->release(m->be, m->ws_idx);
+	if (m->be && m->be->step_forget)
+		m->be->step_forget(m->be, m);
 	eng_st_free(m->st);
 	free(m);
 }
@@ -416,25 +418,39 @@ int eng_model_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_b
 				       b->ids[i], b->pos[i], V, c->max_pos);
 	float *x = m->ws;                          /* (n, H) */
 	float *ldev = x + (size_t)m->opts.max_tokens * H; /* (n, V) */
+	struct eng_backend *be = m->be;
 
-	/* 1. embeddings */
-	m->be->embed(m->be, &m->embed, b->ids, b->n, x);
-	/* 2. the layers, then the final norm */
-	if (c->arch == ENG_ARCH_LLAMA)
-		eng_llama_forward(m, kv, b, x);
-	else
-		eng_deepseek2_forward(m, kv, b, x);
-	/* 3. logits of the wanted tokens: their rows first, then one projection */
-	int k = 0;
+	/* wanted logits: k of them; prefix when they are tokens 0..k-1 (no row moves) */
+	int k = 0, prefix = 1;
 	for (int i = 0; i < b->n; i++)
-		if (b->want_logits ? b->want_logits[i] : i == b->n - 1) {
-			if (k != i)
-				m->be->to_dev(m->be, x + (size_t)k * H, x + (size_t)i * H, sizeof(float) * (size_t)H);
-			k++;
-		}
-	if (k) {
-		m->be->matmul(m->be, x, H, k, &m->lm_head, NULL, ldev, V); /* (k, V) */
-		m->be->to_host(m->be, logits, ldev, sizeof(float) * (size_t)k * V);
+		if (b->want_logits ? b->want_logits[i] : i == b->n - 1)
+			prefix &= k++ == i;
+	/* a step the backend may record and replay: small, no row moves, and no op whose launch depends
+	 * on the positions (the naive MLA prefill gathers the whole context) */
+	int step = be->step_begin && b->n <= ENG_STEP_MAX_TOKENS && prefix &&
+		   !(c->arch == ENG_ARCH_DEEPSEEK2 && eng_deepseek2_naive(m, b));
+	int replayed = step && be->step_begin(be, b, kv, m, k);
+	if (!replayed) {
+		/* 1. embeddings */
+		be->embed(be, &m->embed, b->ids, b->n, x);
+		/* 2. the layers, then the final norm */
+		if (c->arch == ENG_ARCH_LLAMA)
+			eng_llama_forward(m, kv, b, x);
+		else
+			eng_deepseek2_forward(m, kv, b, x);
+		/* 3. logits of the wanted tokens: their rows first, then one projection */
+		for (int i = 0, j = 0; i < b->n; i++)
+			if (b->want_logits ? b->want_logits[i] : i == b->n - 1) {
+				if (j != i)
+					be->to_dev(be, x + (size_t)j * H, x + (size_t)i * H, sizeof(float) * (size_t)H);
+				j++;
+			}
+		if (k)
+			be->matmul(be, x, H, k, &m->lm_head, NULL, ldev, V); /* (k, V) */
 	}
+	if (step)
+		be->step_end(be);
+	if (k)
+		be->to_host(be, logits, ldev, sizeof(float) * (size_t)k * V);
 	return SH_OK;
 }

@@ -74,6 +74,10 @@ int eng_model_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_b
 /* Architecture forward passes (arch/llama.c, arch/deepseek2.c); hidden (n, hidden) in, normed out. */
 void eng_llama_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_batch *b, float *x);
 void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_batch *b, float *x);
+/* Whether the DeepSeek-V2 forward takes the naive (non-absorbed) MLA prefill for b. */
+int eng_deepseek2_naive(const struct eng_model *m, const struct eng_batch *b);
+/* Largest batch (tokens) a backend may record as one step (backend.h step_begin). */
+#define ENG_STEP_MAX_TOKENS 32
 /* Workspace floats each needs for n tokens and a longest context of ctx. */
 size_t eng_llama_ws(const struct eng_config *c, int n);
 size_t eng_deepseek2_ws(const struct eng_config *c, int n, int ctx);

@@ -33,6 +33,14 @@ size_t eng_deepseek2_ws(const struct eng_config *c, int T, int ctx)
 	return (size_t)T * per_tok + moe + naive_ws(c, ctx);
 }
 
+/* naive prefill: one sequence whose batch ends at its last position, context within the cap */
+int eng_deepseek2_naive(const struct eng_model *m, const struct eng_batch *b)
+{
+	const struct eng_config *c = &m->cfg;
+	int naive = m->opts.mla_prefill == 2 || (m->opts.mla_prefill == 0 && b->n > 1);
+	return naive && b->n_seqs == 1 && b->pos[b->n - 1] + 1 <= SH_MIN(c->max_pos, NAIVE_CTX_CAP);
+}
+
 void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_batch *b, float *x)
 {
 	const struct eng_config *c = &m->cfg;
@@ -58,11 +66,8 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 	float *nv = moe_s + (E ? eng_backend_moe_scratch(n, H, c->moe_intermediate) : 0);
 	int32_t *idx = m->ws_idx;                 /* (n, K) */
 
-	/* naive prefill: one sequence whose batch ends at its last position, context within the cap */
 	int ctx = b->pos[n - 1] + 1;
-	int naive = m->opts.mla_prefill == 2 ||
-		    (m->opts.mla_prefill == 0 && n > 1);
-	naive = naive && b->n_seqs == 1 && ctx <= SH_MIN(c->max_pos, NAIVE_CTX_CAP);
+	int naive = eng_deepseek2_naive(m, b);
 
 	for (int l = 0; l < c->n_layers; l++) {
 		const struct eng_layer *L = &m->layers[l];
@@ -98,13 +103,23 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 			be->copy2d(be, vf, dv * F, kb + dn, (size_t)(dn + dv) * F, dv * F, (size_t)ctx * nh);
 			be->attn_dense(be, q, b->pos, n, kf, vf, ctx, nh, qk, dv, c->softmax_scale, att); /* (n, nh*dv) */
 		} else {
-			for (int h = 0; h < nh; h++) /* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
-				be->matmul(be, q + (size_t)h * qk, nh * qk, n, &L->uk_t[h], NULL, qlat + (size_t)h * R, nh * R);
+			/* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
+			if (be->matmul_heads)
+				be->matmul_heads(be, q, nh * qk, qk, n, nh, L->uk_t, qlat, nh * R, R);
+			else
+				for (int h = 0; h < nh; h++)
+					be->matmul(be, q + (size_t)h * qk, nh * qk, n, &L->uk_t[h], NULL, qlat + (size_t)h * R,
+						   nh * R);
 			be->copy2d(be, qpe, sizeof(float) * dr, q + dn, sizeof(float) * qk, sizeof(float) * dr,
 				   (size_t)n * nh);                                           /* (n, nh, dr) */
 			be->attn_mla(be, kv, l, b, qlat, qpe, nh, R, dr, c->softmax_scale, olat); /* (n, nh, R) */
-			for (int h = 0; h < nh; h++) /* out_h (n, dv) = o_lat_h (n, R) . W_UV_h^T */
-				be->matmul(be, olat + (size_t)h * R, nh * R, n, &L->uv[h], NULL, att + (size_t)h * dv, nh * dv);
+			/* out_h (n, dv) = o_lat_h (n, R) . W_UV_h^T */
+			if (be->matmul_heads)
+				be->matmul_heads(be, olat, nh * R, R, n, nh, L->uv, att, nh * dv, dv);
+			else
+				for (int h = 0; h < nh; h++)
+					be->matmul(be, olat + (size_t)h * R, nh * R, n, &L->uv[h], NULL, att + (size_t)h * dv,
+						   nh * dv);
 		}
 		be->matmul(be, att, nh * dv, n, &L->wo, NULL, tmp, H);                      /* (n, H) */
 		be->add(be, x, tmp, (size_t)n * H);

@@ -30,6 +30,12 @@ struct eng_backend *eng_cuda_new(int device, struct sh_err *err);
  * summation order. For tests and debugging; default 0 (fast). */
 void eng_cuda_set_exact(struct eng_backend *be, int exact);
 
+/* Recorded decode steps (CUDA graphs, backend.h step_begin): on by default; off with on = 0 or
+ * KVGATE_CUDA_GRAPHS=0 in the environment (every step then runs its ops one by one). */
+void eng_cuda_set_graphs(struct eng_backend *be, int on);
+/* Steps replayed, steps recorded, steps run eagerly (a new shape) since the backend started. */
+void eng_cuda_step_stats(struct eng_backend *be, long *replays, long *records, long *eager);
+
 /* Device memory for sizing the KV cache: *free_b and *total_b in bytes. On unified-memory devices
  * (Jetson: integrated, cudaMemGetInfo misreports) free is /proc/meminfo's MemAvailable and total
  * MemTotal. *unified tells which. SH_OK, or SH_ERR with err filled. */

@@ -193,6 +193,13 @@ int main(void)
 			check_model(cpu, gpu, models[i], 2);
 		}
 	}
+	/* the decode steps above ran recorded (CUDA graphs) after their first run; the exact-mode
+	 * greedy checks compared those replays with the CPU */
+	long rep, rec, eag;
+	eng_cuda_step_stats(gpu, &rep, &rec, &eag);
+	checks++;
+	fails += rep <= 0;
+	printf("%-4s steps: %ld replayed, %ld recorded, %ld eager\n", rep > 0 ? "ok" : "FAIL", rep, rec, eag);
 	printf("%d of %d checks failed\n", fails, checks);
 	gpu->free(gpu);
 	cpu->free(cpu);

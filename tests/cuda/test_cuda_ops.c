@@ -213,11 +213,60 @@ static void check_matmul(int rows, int cols, int n, enum eng_dtype dt, int bias,
 		us = time_us(mm_go, &r, 20);
 	char shape[96];
 	snprintf(shape, sizeof(shape), "%s W(%d,%d) n=%d%s", eng_dtype_name(dt), rows, cols, n, bias ? " +bias" : "");
-	/* n > 8 in fast mode rounds activations to the weights' 16-bit type (cuBLAS) */
-	double bound = dt == ENG_DT_F32 || n <= 8 ? 1e-10 : dt == ENG_DT_BF16 ? 3e-5 : 3e-6;
+	/* n > 8 in fast mode rounds activations to the weights' 16-bit type (cuBLAS), and so does the
+	 * tensor-core GEMV for bf16 at n = 2..8 (whole 32-column chunks) */
+	int mma = dt == ENG_DT_BF16 && n >= 2 && n <= 8 && cols % 32 == 0;
+	double bound = dt == ENG_DT_F32 || (n <= 8 && !mma) ? 1e-10 : dt == ENG_DT_BF16 ? 3e-5 : 3e-6;
 	report("matmul", shape, e, bound, us, (double)rows * cols * es + (double)n * (cols + rows) * 4);
 	twin_free(&W), twin_free(&X), twin_free(&Y), twin_free(&B);
 	free(wf), free(xf), free(bf), free(wd);
+}
+
+/* matmul_heads: nh heads of (rows, cols), each its own allocation, activations and outputs strided
+ * per head inside a token's row (the MLA absorption's layout), against nh CPU matmuls. */
+struct mh_run {
+	struct twin *x, *y;
+	struct eng_w *w;
+	int n, nh, ldx, hx, ldy, hy;
+};
+
+static void mh_go(void *p)
+{
+	struct mh_run *r = p;
+	gpu->matmul_heads(gpu, r->x->d, r->ldx, r->hx, r->n, r->nh, r->w, r->y->d, r->ldy, r->hy);
+}
+
+static void check_matmul_heads(int nh, int rows, int cols, int n, int hx, enum eng_dtype dt, int timed)
+{
+	size_t es = eng_dtype_size(dt);
+	int ldx = nh * hx, ldy = nh * rows;
+	struct twin *W = malloc(sizeof(struct twin) * (size_t)nh);
+	struct eng_w *wh = malloc(sizeof(struct eng_w) * (size_t)nh), *wg = malloc(sizeof(struct eng_w) * (size_t)nh);
+	for (int h = 0; h < nh; h++) {
+		float *wf = rand_f32((size_t)rows * cols, 0.05f);
+		void *wd = to_dtype(wf, (size_t)rows * cols, dt);
+		W[h] = twin_new(wd, (size_t)rows * cols * es);
+		wh[h] = (struct eng_w){W[h].h, dt, rows, cols, (size_t)cols};
+		wg[h] = (struct eng_w){W[h].d, dt, rows, cols, (size_t)cols};
+		free(wf), free(wd);
+	}
+	float *xf = rand_f32((size_t)n * ldx, 1.0f);
+	struct twin X = twin_new(xf, (size_t)n * ldx * 4), Y = twin_new(NULL, (size_t)n * ldy * 4);
+	for (int h = 0; h < nh; h++)
+		cpu->matmul(cpu, (float *)X.h + (size_t)h * hx, ldx, n, &wh[h], NULL, (float *)Y.h + (size_t)h * rows, ldy);
+	poison(&Y);
+	gpu->matmul_heads(gpu, X.d, ldx, hx, n, nh, wg, Y.d, ldy, rows);
+	double e = nmse_of(Y.h, Y.d, (size_t)n * ldy), us = 0;
+	struct mh_run r = {&X, &Y, wg, n, nh, ldx, hx, ldy, rows};
+	if (timed)
+		us = time_us(mh_go, &r, 20);
+	char shape[96];
+	snprintf(shape, sizeof(shape), "%s %dx W(%d,%d) n=%d", eng_dtype_name(dt), nh, rows, cols, n);
+	report("mm_heads", shape, e, 1e-10, us, (double)nh * rows * cols * es + (double)n * nh * (cols + rows) * 4);
+	for (int h = 0; h < nh; h++)
+		twin_free(&W[h]);
+	twin_free(&X), twin_free(&Y);
+	free(W), free(wh), free(wg), free(xf);
 }
 
 /* ---- small ops ---- */
@@ -427,12 +476,31 @@ static void check_mla(enum eng_kv_fmt fmt, int n_seqs, const int *ctx, int exact
 		for (int s = 0; s < n; s++)
 			bytes += (double)ctx[s] * eng_kv_bytes_per_token_layer(k.d);
 	}
-	eng_cuda_set_exact(gpu, 0);
 	char shape_s[96];
 	snprintf(shape_s, sizeof(shape_s), "%s %s 16h R512+64 %d seq ctx %d..%d", eng_kv_fmt_name(fmt),
 		 exact || fmt == ENG_KV_F32 ? "simt" : "mma", n, ctx[0], ctx[n - 1]);
 	/* fp32 path: summation order only; tensor-core path: queries and f32 values rounded to bf16 */
-	report("attn_mla", shape_s, e, exact || fmt == ENG_KV_F32 ? 1e-10 : 3e-5, us, bytes);
+	double bound = exact || fmt == ENG_KV_F32 ? 1e-10 : 3e-5;
+	if (!timed) {
+		/* inside a step (the splits fixed by the table length, not the positions): eager, then
+		 * recorded, then replayed; each against the CPU */
+		int32_t *ids = calloc((size_t)n, sizeof(int32_t));
+		struct eng_batch bs = {n, ids, pos, si, sd, n, NULL};
+		static const char *what[3] = {"step eager", "step recorded", "step replayed"};
+		for (int r = 0; r < 3; r++) {
+			poison(&O);
+			if (!gpu->step_begin(gpu, &bs, k.d, &k, 0))
+				gpu->attn_mla(gpu, k.d, 1, &bs, QL.d, QP.d, nh, R, dr, scale, O.d);
+			gpu->step_end(gpu);
+			char s2[128];
+			snprintf(s2, sizeof(s2), "%.60s %s", shape_s, what[r]);
+			report("attn_mla", s2, nmse_of(O.h, O.d, (size_t)n * nh * R), bound, 0, 0);
+		}
+		gpu->step_forget(gpu, &k);
+		free(ids);
+	}
+	eng_cuda_set_exact(gpu, 0);
+	report("attn_mla", shape_s, e, bound, us, bytes);
 	if (n_seqs > 1 && maxc < 2000 && !timed) {
 		char w[64];
 		snprintf(w, sizeof(w), "%s MLA rows, %d seqs", eng_kv_fmt_name(fmt), n_seqs);
@@ -608,6 +676,11 @@ int main(int argc, char **argv)
 	check_matmul(3072, 2048, 1, ENG_DT_BF16, 0, 1);
 	check_matmul(576, 2048, 1, ENG_DT_BF16, 0, 1);
 	check_matmul(2048, 2048, 8, ENG_DT_BF16, 0, 1);
+	check_matmul(2048, 2048, 2, ENG_DT_BF16, 0, 1);
+	check_matmul(1001, 1024, 5, ENG_DT_BF16, 1, 0); /* tensor-core GEMV: rows not a multiple of 16 */
+	check_matmul(576, 2048, 8, ENG_DT_BF16, 0, 1);
+	check_matmul(2048, 1408, 7, ENG_DT_BF16, 0, 1);
+	check_matmul(3072, 2048, 8, ENG_DT_BF16, 0, 1);
 	check_matmul(1000, 1003, 3, ENG_DT_BF16, 1, 0);
 	check_matmul(333, 517, 5, ENG_DT_F16, 1, 0);
 	check_matmul(300, 64, 7, ENG_DT_F32, 1, 0);
@@ -622,6 +695,13 @@ int main(int argc, char **argv)
 		check_matmul(10944, 2048, 8, ENG_DT_BF16, 0, 1);
 		check_matmul(10944, 2048, 2048, ENG_DT_BF16, 0, 1);
 	}
+	/* the MLA absorption's per-head matrices: uk (512, 128) and uv (128, 512), odd shapes too */
+	check_matmul_heads(16, 512, 128, 1, 192, ENG_DT_BF16, 1);
+	check_matmul_heads(16, 128, 512, 1, 512, ENG_DT_BF16, 1);
+	check_matmul_heads(16, 512, 128, 8, 192, ENG_DT_BF16, 1);
+	check_matmul_heads(3, 100, 72, 11, 80, ENG_DT_BF16, 0);
+	check_matmul_heads(5, 33, 50, 3, 57, ENG_DT_F16, 0);
+	check_matmul_heads(4, 64, 40, 9, 40, ENG_DT_F32, 0);
 	check_dense();
 	check_route(64, 6, 0);
 	check_route(8, 3, 1);

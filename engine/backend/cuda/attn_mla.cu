@@ -99,8 +99,18 @@ template <int FMT> __global__ void __launch_bounds__(MLA_NW * 32) mla_mma_kernel
 	int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
 	int ctx = a.bp[i] + 1, seq = a.bp[a.n + i];
 	const int32_t *tab = a.bp + 2 * a.n + (size_t)seq * a.maxb;
-	int ntiles = (ctx + MLA_T - 1) / MLA_T, t0 = s * a.tps, t1 = min(ntiles, t0 + a.tps);
+	/* tiles per split: at least a.tps, and enough that n_split splits cover this token's context
+	 * (a recorded step fixes n_split and a.tps for every context up to its table length) */
+	int ntiles = (ctx + MLA_T - 1) / MLA_T, tps = max(a.tps, (ntiles + a.n_split - 1) / a.n_split);
+	int t0 = s * tps, t1 = min(ntiles, t0 + tps);
 	int R = a.R, dr = a.dr, E = R + dr, WS = a.WS;
+	if (t0 >= t1) { /* an empty split: weight 0 in the merge, which then never reads its partials */
+		if (tid < 16) {
+			float *ml = a.pml + ((((size_t)i * a.n_split + s) * gridDim.z + blockIdx.z) * 16 + tid) * 2;
+			ml[0] = -INFINITY, ml[1] = 0.0f;
+		}
+		return;
+	}
 
 	/* queries: unrolled so that many loads are in flight (a rolled loop waits on each one) */
 #pragma unroll 8
@@ -270,38 +280,56 @@ template <int FMT> __global__ void __launch_bounds__(MLA_NW * 32) mla_mma_kernel
 __global__ void mla_combine_kernel(const float *po, const float *pml, int n_split, int hgroups, int nh, int R,
 				   float *out)
 {
-	__shared__ float wsm[MLA_MAXSPLIT], red[2];
-	int h = blockIdx.x, i = blockIdx.y, z = h / 16, row = h % 16;
+	__shared__ float wsm[MLA_MAXSPLIT], red[32];
+	int h = blockIdx.x, i = blockIdx.y, z = h / 16, row = h % 16, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	int nw = blockDim.x >> 5;
 	size_t base = ((size_t)i * n_split * hgroups + z) * 16 + row, step = (size_t)hgroups * 16;
-	for (int s = threadIdx.x; s < n_split; s += blockDim.x)
+	/* the splits' max and weighted sum, reduced over the block (a serial loop over hundreds of
+	 * splits was most of this kernel's time) */
+	float M = -INFINITY;
+	for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
 		wsm[s] = pml[(base + s * step) * 2];
-	__syncthreads();
-	if (threadIdx.x == 0) {
-		float M = -INFINITY, L = 0.0f;
-		for (int s = 0; s < n_split; s++)
-			M = fmaxf(M, wsm[s]);
-		for (int s = 0; s < n_split; s++) {
-			float l = pml[(base + s * step) * 2 + 1];
-			wsm[s] = l > 0.0f ? expf(wsm[s] - M) : 0.0f;
-			L += l * wsm[s];
-		}
-		red[0] = 1.0f / L;
+		M = fmaxf(M, wsm[s]);
 	}
+	M = cu_warp_max(M);
+	if (lane == 0)
+		red[w] = M;
 	__syncthreads();
-	float inv = red[0];
-	for (int d = threadIdx.x; d < R; d += blockDim.x) {
+	M = -INFINITY;
+	for (int k = 0; k < nw; k++)
+		M = fmaxf(M, red[k]);
+	__syncthreads(); /* red is reused below */
+	float L = 0.0f;
+	for (int s = threadIdx.x; s < n_split; s += blockDim.x) {
+		float l = pml[(base + s * step) * 2 + 1];
+		wsm[s] = l > 0.0f ? expf(wsm[s] - M) : 0.0f;
+		L += l * wsm[s];
+	}
+	L = cu_warp_sum(L);
+	if (lane == 0)
+		red[w] = L;
+	__syncthreads();
+	L = 0.0f;
+	for (int k = 0; k < nw; k++)
+		L += red[k];
+	float inv = 1.0f / L;
+	for (int d = blockIdx.z * blockDim.x + threadIdx.x; d < R; d += gridDim.z * blockDim.x) {
 		float v = 0.0f;
 #pragma unroll 8
 		for (int s = 0; s < n_split; s++)
-			v += wsm[s] * po[(base + s * step) * R + d];
+			if (wsm[s] != 0.0f) /* empty splits wrote no partials */
+				v += wsm[s] * po[(base + s * step) * R + d];
 		out[((size_t)i * nh + h) * R + d] = v * inv;
 	}
 }
 
 template <int FMT> static void mla_launch(struct cu *c, dim3 grid, size_t smem, const mla_args &a)
 {
-	if (smem > 48 * 1024)
+	static size_t raised; /* the largest limit set so far (set outside recorded steps' hot path) */
+	if (smem > 48 * 1024 && smem > raised) {
 		CU_CHECK(cudaFuncSetAttribute(mla_mma_kernel<FMT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+		raised = smem;
+	}
 	mla_mma_kernel<FMT><<<grid, MLA_NW * 32, smem, c->st>>>(a);
 	CU_LAUNCHED();
 }
@@ -337,15 +365,26 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 	a.scale = scale;
 	a.out = out;
 
-	/* splits: enough blocks to fill the device twice, at least 4 tiles each */
-	int max_ctx = 1;
-	for (int i = 0; i < b->n; i++)
-		max_ctx = SH_MAX(max_ctx, b->pos[i] + 1);
-	int tiles = cu_div_up(max_ctx, MLA_T), hgroups = cu_div_up(nh, 16);
+	/* splits: enough blocks to fill the device twice, at least 4 tiles each. Inside a step the
+	 * count must not depend on the positions (the step may be recorded and replayed at others):
+	 * it is sized for the table length, the kernel spreads each token's tiles over the splits and
+	 * splits past a short context exit at once. */
+	int tiles, hgroups = cu_div_up(nh, 16);
+	if (c->step.active) {
+		tiles = a.maxb; /* one tile per cache block */
+	} else {
+		int max_ctx = 1;
+		for (int i = 0; i < b->n; i++)
+			max_ctx = SH_MAX(max_ctx, b->pos[i] + 1);
+		tiles = cu_div_up(max_ctx, MLA_T);
+	}
+	/* down to one tile a split: a block's tiles run one after another (load, scores, softmax,
+	 * values, each behind a barrier), so a short context over few blocks is latency-bound (run 4's
+	 * profile: 47 us for 33 tiles over 9 blocks) */
 	int want = cu_div_up(2L * c->prop.multiProcessorCount, (long)b->n * hgroups);
-	int ns = SH_MAX(1, SH_MIN(SH_MIN(want, cu_div_up(tiles, 4)), MLA_MAXSPLIT));
-	a.tps = cu_div_up(tiles, ns);
-	a.n_split = cu_div_up(tiles, a.tps);
+	int ns = SH_MAX(1, SH_MIN(SH_MIN(want, tiles), MLA_MAXSPLIT));
+	a.tps = c->step.active ? 1 : cu_div_up(tiles, ns);
+	a.n_split = c->step.active ? ns : cu_div_up(tiles, a.tps);
 	a.po = a.pml = NULL;
 	if (a.n_split > 1) {
 		size_t rows = (size_t)b->n * a.n_split * hgroups * 16;
@@ -369,7 +408,9 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 		break;
 	}
 	if (a.n_split > 1) {
-		mla_combine_kernel<<<dim3(nh, b->n), 128, 0, c->st>>>(a.po, a.pml, a.n_split, hgroups, nh, R, out);
+		/* a block per (head, token, 128 columns): the partials are read by 4x more SMs */
+		mla_combine_kernel<<<dim3(nh, b->n, cu_div_up(R, 128)), 128, 0, c->st>>>(a.po, a.pml, a.n_split, hgroups,
+											  nh, R, out);
 		CU_LAUNCHED();
 	}
 }

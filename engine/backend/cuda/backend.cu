@@ -17,6 +17,13 @@ void cu_die(const char *what, const char *msg, const char *file, int line)
 const int32_t *cu_upload(struct cu *c, int slot, const int32_t *h, size_t n)
 {
 	struct cu_upload *u = &c->up[slot];
+	if (c->step.active && (slot == CU_UP_IDS || slot == CU_UP_POS)) {
+		/* inside a step the batch's ids and positions are at fixed addresses (cu_step) */
+		const int32_t *staged = c->step.hbuf + (slot == CU_UP_IDS ? 0 : c->step.n);
+		SH_BUG_ON(n != (size_t)c->step.n || (h != staged && memcmp(h, staged, n * sizeof(int32_t))));
+		return c->step.dbuf + (slot == CU_UP_IDS ? 0 : c->step.n);
+	}
+	SH_BUG_ON(c->step.capturing); /* a pageable upload cannot be recorded */
 	if (u->dev && u->n == n && !memcmp(u->host, h, n * sizeof(int32_t)))
 		return u->dev;
 	if (n > u->cap) {
@@ -35,6 +42,11 @@ const int32_t *cu_upload(struct cu *c, int slot, const int32_t *h, size_t n)
 
 const int32_t *cu_batch(struct cu *c, const struct eng_batch *b, int *maxb)
 {
+	if (c->step.active) {
+		SH_BUG_ON(b != c->step.b && (b->n != c->step.n || memcmp(b->pos, c->step.hbuf + b->n, 4 * (size_t)b->n)));
+		*maxb = c->step.maxb;
+		return c->step.dbuf + c->step.n;
+	}
 	int mb = 1;
 	for (int s = 0; s < b->n_seqs; s++)
 		mb = SH_MAX(mb, b->seqs[s]->n_blocks);
@@ -59,12 +71,171 @@ const int32_t *cu_batch(struct cu *c, const struct eng_batch *b, int *maxb)
 void *cu_scratch(struct cu *c, int slot, size_t bytes)
 {
 	if (bytes > c->scratch_bytes[slot]) {
+		cu_buffers_moved(c);
 		if (c->scratch[slot])
 			CU_CHECK(cudaFree(c->scratch[slot])); /* synchronises: queued users of the old one are done */
 		c->scratch_bytes[slot] = bytes + bytes / 4 + (1 << 20);
 		CU_CHECK(cudaMalloc(&c->scratch[slot], c->scratch_bytes[slot]));
 	}
 	return c->scratch[slot];
+}
+
+/* ---- recorded steps (CUDA graphs) ---- */
+
+void cu_buffers_moved(struct cu *c)
+{
+	SH_BUG_ON(c->step.capturing); /* the step's first, eager run should have made every buffer */
+	c->gen++;
+}
+
+static void graph_drop(struct cu_graph *g)
+{
+	if (g->recorded)
+		CU_CHECK(cudaGraphExecDestroy(g->exec));
+	g->recorded = 0;
+}
+
+static void cu_step_forget(struct eng_backend *be, const void *owner)
+{
+	struct cu_step *s = &CU(be)->step;
+	for (int i = 0; i < s->n_g;)
+		if (!owner || s->g[i].owner == owner) {
+			graph_drop(&s->g[i]);
+			s->g[i] = s->g[--s->n_g];
+		} else {
+			i++;
+		}
+}
+
+/* Stages b's ids, positions, sequence indices and tables, uploads them in one copy; then replays
+ * the recording of this shape (1), or lets the caller issue the ops: eagerly the first time a shape
+ * is seen (so that every lazy allocation happens outside a recording), recorded the second. */
+static int cu_step_begin(struct eng_backend *be, const struct eng_batch *b, const struct eng_kv *kv,
+			 const void *owner, int variant)
+{
+	struct cu *c = CU(be);
+	struct cu_step *s = &c->step;
+	SH_BUG_ON(s->active);
+	int mb = 1;
+	for (int q = 0; q < b->n_seqs; q++)
+		mb = SH_MAX(mb, b->seqs[q]->n_blocks);
+	int maxb = 16;
+	while (maxb < mb)
+		maxb *= 2;
+	size_t need = (size_t)b->n * 3 + (size_t)b->n_seqs * maxb;
+	if (need > s->cap) {
+		if (s->hbuf) {
+			CU_CHECK(cudaStreamSynchronize(c->st));
+			CU_CHECK(cudaFreeHost(s->hbuf));
+			CU_CHECK(cudaFree(s->dbuf));
+		}
+		cu_buffers_moved(c);
+		s->cap = need * 2 > 4096 ? need * 2 : 4096;
+		CU_CHECK(cudaMallocHost((void **)&s->hbuf, s->cap * sizeof(int32_t)));
+		CU_CHECK(cudaMalloc((void **)&s->dbuf, s->cap * sizeof(int32_t)));
+	}
+	CU_CHECK(cudaEventSynchronize(s->copied)); /* the previous step's copy has left hbuf */
+	int32_t *h = s->hbuf;
+	size_t n = (size_t)b->n;
+	memcpy(h, b->ids, n * sizeof(int32_t));
+	memcpy(h + n, b->pos, n * sizeof(int32_t));
+	memcpy(h + 2 * n, b->seq_idx, n * sizeof(int32_t));
+	for (int q = 0; q < b->n_seqs; q++) {
+		int32_t *row = h + 3 * n + (size_t)q * maxb;
+		int nb = b->seqs[q]->n_blocks;
+		memcpy(row, b->seqs[q]->blocks, sizeof(int32_t) * (size_t)nb);
+		memset(row + nb, 0, sizeof(int32_t) * (size_t)(maxb - nb));
+	}
+	CU_CHECK(cudaMemcpyAsync(s->dbuf, h, need * sizeof(int32_t), cudaMemcpyHostToDevice, c->st));
+	CU_CHECK(cudaEventRecord(s->copied, c->st));
+	s->active = 1;
+	s->b = b;
+	s->n = b->n;
+	s->maxb = maxb;
+	s->cur = -1;
+	if (s->disabled)
+		return 0;
+
+	int gi = -1;
+	for (int i = 0; i < s->n_g && gi < 0; i++) {
+		struct cu_graph *g = &s->g[i];
+		if (g->owner == owner && g->kv == kv && g->pool == kv->pool && g->fmt == kv->fmt &&
+		    g->tscale == kv->tensor_scale && g->n == b->n && g->maxb == maxb && g->variant == variant &&
+		    g->exact == c->exact)
+			gi = i;
+	}
+	if (gi < 0) { /* new shape: run eagerly, record next time */
+		if (s->n_g == CU_MAX_GRAPHS) {
+			int lru = 0;
+			for (int i = 1; i < s->n_g; i++)
+				if (s->g[i].used < s->g[lru].used)
+					lru = i;
+			graph_drop(&s->g[lru]);
+			s->g[lru] = s->g[--s->n_g];
+		}
+		gi = s->n_g++;
+		struct cu_graph *g = &s->g[gi];
+		memset(g, 0, sizeof(*g));
+		g->owner = owner, g->kv = kv, g->pool = kv->pool, g->fmt = kv->fmt, g->tscale = kv->tensor_scale;
+		g->n = b->n, g->maxb = maxb, g->variant = variant, g->exact = c->exact, g->gen = c->gen;
+		g->used = ++s->clock;
+		s->eager++;
+		s->cur = gi;
+		return 0;
+	}
+	struct cu_graph *g = &s->g[gi];
+	g->used = ++s->clock;
+	if (g->gen != c->gen) { /* buffers moved since: eager again */
+		graph_drop(g);
+		s->eager++;
+		s->cur = gi;
+		return 0;
+	}
+	if (g->recorded) {
+		CU_CHECK(cudaGraphLaunch(g->exec, c->st));
+		s->replays++;
+		return 1;
+	}
+	CU_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
+	s->capturing = 1;
+	s->cur = gi;
+	return 0;
+}
+
+static void cu_step_end(struct eng_backend *be)
+{
+	struct cu *c = CU(be);
+	struct cu_step *s = &c->step;
+	SH_BUG_ON(!s->active);
+	if (s->capturing) {
+		cudaGraph_t graph;
+		CU_CHECK(cudaStreamEndCapture(c->st, &graph));
+		s->capturing = 0;
+		struct cu_graph *g = &s->g[s->cur];
+		CU_CHECK(cudaGraphInstantiate(&g->exec, graph, 0));
+		CU_CHECK(cudaGraphDestroy(graph));
+		g->recorded = 1;
+		s->records++;
+		CU_CHECK(cudaGraphLaunch(g->exec, c->st));
+	} else if (s->cur >= 0) {
+		s->g[s->cur].gen = c->gen; /* after the eager run's allocations: record next time */
+	}
+	s->active = 0;
+	s->b = NULL;
+}
+
+extern "C" void eng_cuda_step_stats(struct eng_backend *be, long *replays, long *records, long *eager)
+{
+	struct cu_step *s = &CU(be)->step;
+	*replays = s->replays, *records = s->records, *eager = s->eager;
+}
+
+extern "C" void eng_cuda_set_graphs(struct eng_backend *be, int on)
+{
+	struct cu *c = CU(be);
+	c->step.disabled = !on;
+	if (!on)
+		cu_step_forget(be, NULL);
 }
 
 /* ---- memory ---- */
@@ -83,9 +254,10 @@ static void *cu_alloc(struct eng_backend *be, size_t n)
 
 static void cu_release(struct eng_backend *be, void *p)
 {
-	(void)be;
-	if (p)
+	if (p) {
+		cu_buffers_moved(CU(be)); /* a recording may hold it (a workspace, a cache pool) */
 		CU_CHECK(cudaFree(p));
+	}
 }
 
 /* Host to device, or device to device (cudaMemcpyDefault tells them apart by address). */
@@ -124,6 +296,16 @@ static void cu_free(struct eng_backend *be)
 		return;
 	struct cu *c = CU(be);
 	cudaStreamSynchronize(c->st);
+	cu_step_forget(be, NULL);
+	cudaFreeHost(c->step.hbuf);
+	cudaFree(c->step.dbuf);
+	cudaEventDestroy(c->step.copied);
+	for (int i = 0; i < c->n_hd; i++) {
+		cudaFree(c->hd[i].dev);
+		free(c->hd[i].host);
+	}
+	free(c->hd);
+	cudaFree(c->blas_ws);
 	for (int i = 0; i < CU_UP_N; i++) {
 		cudaFree(c->up[i].dev);
 		free(c->up[i].host);
@@ -172,8 +354,14 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	CUBLAS_CHECK(cublasSetStream(c->blas, c->st));
 	/* fp32 GEMMs stay fp32 (no TF32): the F32 weights path is the exact one */
 	CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+	/* a fixed cuBLAS workspace: GEMMs recorded in a step must not allocate */
+	CU_CHECK(cudaMalloc(&c->blas_ws, 32u << 20));
+	CUBLAS_CHECK(cublasSetWorkspace(c->blas, c->blas_ws, 32u << 20));
+	CU_CHECK(cudaEventCreateWithFlags(&c->step.copied, cudaEventDisableTiming));
 	const char *ex = getenv("KVGATE_CUDA_EXACT");
 	c->exact = ex && *ex == '1';
+	const char *gr = getenv("KVGATE_CUDA_GRAPHS");
+	c->step.disabled = gr && *gr == '0';
 
 	struct eng_backend *be = (struct eng_backend *)sh_calloc(1, sizeof(*be));
 	be->name = "cuda";
@@ -198,6 +386,10 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	be->attn_dense = cu_attn_dense;
 	be->moe_route = cu_moe_route;
 	be->moe_ffn = cu_moe_ffn;
+	be->matmul_heads = cu_matmul_heads;
+	be->step_begin = cu_step_begin;
+	be->step_end = cu_step_end;
+	be->step_forget = cu_step_forget;
 	return be;
 }
 

@@ -58,6 +58,45 @@ struct cu_experts {
 	int E;
 };
 
+/* Device tables of per-head weight pointers (matmul_heads), keyed like cu_experts. */
+struct cu_heads {
+	const struct eng_w *key;
+	const void **dev;  /* nh */
+	const void **host;
+	int nh;
+};
+
+/* One recorded decode step (a CUDA graph) and what its launches baked in. */
+struct cu_graph {
+	const void *owner, *kv, *pool;
+	int fmt, n, maxb, variant, exact;
+	float tscale;
+	unsigned gen;         /* c->gen when run eagerly / recorded: buffers baked in are still there */
+	int recorded;         /* 0: ran once eagerly (allocations done), 1: exec holds the graph */
+	cudaGraphExec_t exec;
+	unsigned long used;   /* for eviction */
+};
+
+#define CU_MAX_GRAPHS 96
+
+/* The step in progress (backend.h step_begin/step_end). Its ids, positions, sequence indices and
+ * block tables live at fixed addresses: [ids (n) | pos (n) | seq_idx (n) | table (n_seqs * maxb)],
+ * filled in pinned host memory and copied with one memcpy before the step's first op, so that a
+ * recorded step replays with new values. maxb is the block-table row length rounded up to a power
+ * of two (a recording serves every context up to it). */
+struct cu_step {
+	int active, capturing, disabled;
+	const struct eng_batch *b;
+	int n, maxb;
+	int32_t *hbuf, *dbuf; /* pinned host / device, cap int32s each */
+	size_t cap;
+	cudaEvent_t copied;   /* the last upload out of hbuf */
+	struct cu_graph g[CU_MAX_GRAPHS];
+	int n_g, cur;         /* cur: the entry being recorded, or -1 */
+	unsigned long clock;
+	long replays, records, eager;
+};
+
 struct cu {
 	int device;
 	cudaDeviceProp prop;
@@ -71,6 +110,11 @@ struct cu {
 	int n_ex;
 	int32_t *btmp;          /* host staging of cu_batch */
 	size_t btmp_cap;
+	struct cu_heads *hd;
+	int n_hd;
+	void *blas_ws;          /* cuBLAS workspace, set once: no allocation inside a recorded step */
+	unsigned gen;           /* bumped whenever a buffer a recording may hold is freed */
+	struct cu_step step;
 };
 
 static inline struct cu *CU(struct eng_backend *be)
@@ -81,6 +125,8 @@ static inline struct cu *CU(struct eng_backend *be)
 /* Device copy of n int32s at h in slot `slot`, re-uploaded only when the contents changed (the
  * forward pass hands the same positions to several ops). Valid until the next call on that slot. */
 const int32_t *cu_upload(struct cu *c, int slot, const int32_t *h, size_t n);
+/* A buffer that recorded steps may have baked in goes away: forget them (asserts no recording runs). */
+void cu_buffers_moved(struct cu *c);
 /* Scratch slot `slot` of at least bytes (device); contents live until the next call on that slot. */
 void *cu_scratch(struct cu *c, int slot, size_t bytes);
 
@@ -115,6 +161,8 @@ void cu_attn_dense(struct eng_backend *be, const float *q, const int32_t *pos, i
 		   int ctx, int n_heads, int dq, int dv, float scale, float *out);
 void cu_moe_route(struct eng_backend *be, const float *logits, int n, const struct eng_moe_route *r, int32_t *idx,
 		  float *wt);
+void cu_matmul_heads(struct eng_backend *be, const float *x, int ldx, int hx, int n, int nh, const struct eng_w *w,
+		     float *y, int ldy, int hy);
 void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
 		int top_k, int n_experts, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down,
 		float *out, float *scratch);

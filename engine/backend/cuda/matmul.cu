@@ -3,6 +3,8 @@
  *     with 16-byte loads, fp32 activations and accumulation;
  *   n > 8: cuBLAS; F32 weights by SGEMM (no TF32), BF16/F16 by GemmEx on activations rounded to
  *     the weights' type, fp32 accumulation and output (what the bf16 tensor cores take). */
+#include <stdlib.h>
+
 #include "engine/backend/cuda/gemv.cuh"
 
 #define GEMV_WARPS 4
@@ -87,6 +89,100 @@ static void gemv(struct cu *c, const struct eng_w *w, const float *x, int ldx, i
 	}
 }
 
+/* ---- n = 2..8 on the tensor cores (bf16 weights, fast mode) ----
+ * The fp32 GEMV re-reads every token's activations for each 16 bytes of weights and spends 8 FMAs
+ * per weight at n = 8: at 4.3 TB/s that is half the chip's fp32 rate, and run 4's profile had it
+ * at 25 % of copy bandwidth. Here a block takes 16 rows; its 8 warps split the columns in chunks
+ * of 32; per chunk a lane loads 16 bytes of row g and of row g + 8 and 8 activations of token g,
+ * and two mma.m16n8k16 consume them. The k order inside a chunk is permuted alike for weights and
+ * activations (lane t4 holds physical k 8*t4 .. 8*t4+7, which the fragments see as k 2*t4, 2*t4+1,
+ * 2*t4+8, 2*t4+9 of two k16 steps), so every weight is read with one 16-byte load. Activations
+ * are rounded to bf16 (as the cuBLAS path for n > 8 does); accumulation fp32. */
+#define MMA_WARPS 8
+#define MMA_U 4
+
+__device__ __forceinline__ uint32_t gemv_pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+__device__ __forceinline__ void gemv_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+					 uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		     "{%0,%1,%2,%3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+gemv_mma_kernel(const uint16_t *w, size_t ld, int rows, int cols, const float *x, int ldx, int nt, const float *bias,
+		float *y, int ldy)
+{
+	__shared__ float red[MMA_WARPS][32][4];
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+	int row0 = blockIdx.x * 16;
+	const uint16_t *wa = w + (size_t)min(row0 + g, rows - 1) * ld + 8 * t4;
+	const uint16_t *wb = w + (size_t)min(row0 + g + 8, rows - 1) * ld + 8 * t4;
+	const float *xr = x + (size_t)min(g, nt - 1) * ldx + 8 * t4;
+	float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+	int nch = cols / 32;
+	for (int c0 = warp; c0 < nch; c0 += MMA_WARPS * MMA_U) {
+		uint4 A[MMA_U], B[MMA_U];
+		float4 X0[MMA_U], X1[MMA_U];
+#pragma unroll
+		for (int u = 0; u < MMA_U; u++) {
+			int ch = c0 + u * MMA_WARPS;
+			if (ch < nch) {
+				A[u] = __ldg((const uint4 *)(wa + (size_t)ch * 32));
+				B[u] = __ldg((const uint4 *)(wb + (size_t)ch * 32));
+				X0[u] = __ldg((const float4 *)(xr + (size_t)ch * 32));
+				X1[u] = __ldg((const float4 *)(xr + (size_t)ch * 32 + 4));
+			}
+		}
+#pragma unroll
+		for (int u = 0; u < MMA_U; u++) {
+			if (c0 + u * MMA_WARPS < nch) {
+				gemv_mma(c, A[u].x, B[u].x, A[u].y, B[u].y, gemv_pack_bf16(X0[u].x, X0[u].y),
+					 gemv_pack_bf16(X0[u].z, X0[u].w));
+				gemv_mma(c, A[u].z, B[u].z, A[u].w, B[u].w, gemv_pack_bf16(X1[u].x, X1[u].y),
+					 gemv_pack_bf16(X1[u].z, X1[u].w));
+			}
+		}
+	}
+#pragma unroll
+	for (int j = 0; j < 4; j++)
+		red[warp][lane][j] = c[j];
+	__syncthreads();
+	if (warp)
+		return;
+#pragma unroll
+	for (int j = 0; j < 4; j++) {
+		float v = 0.0f;
+#pragma unroll
+		for (int k = 0; k < MMA_WARPS; k++)
+			v += red[k][lane][j];
+		int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+		if (row < rows && tok < nt)
+			y[(size_t)tok * ldy + row] = v + (bias ? bias[row] : 0.0f);
+	}
+}
+
+static int gemv_mma_on = -1; /* KVGATE_CUDA_GEMV_MMA=0 turns the tensor-core GEMV off */
+
+static int gemv_mma_ok(struct cu *c, const struct eng_w *w, const float *x, int ldx, int nt)
+{
+	if (gemv_mma_on < 0) {
+		const char *e = getenv("KVGATE_CUDA_GEMV_MMA");
+		gemv_mma_on = !(e && *e == '0');
+	}
+	return gemv_mma_on && !c->exact && nt >= 2 && w->dt == ENG_DT_BF16 && c->prop.major >= 8 && w->cols % 32 == 0 &&
+	       gemv_aligned(w, x, ldx, 8);
+}
+
 template <typename T>
 __global__ void to_half_kernel(T *dst, const float *x, int ldx, int n, int cols)
 {
@@ -144,12 +240,142 @@ void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w 
 		gemm(c, x, ldx, n, w, bias, y, ldy);
 		return;
 	}
-	for (int t0 = 0; t0 < n; t0 += 8)
-		gemv(c, w, x + (size_t)t0 * ldx, ldx, SH_MIN(8, n - t0), bias, y + (size_t)t0 * ldy, ldy);
+	for (int t0 = 0; t0 < n; t0 += 8) {
+		const float *xt = x + (size_t)t0 * ldx;
+		float *yt = y + (size_t)t0 * ldy;
+		int nt = SH_MIN(8, n - t0);
+		if (gemv_mma_ok(c, w, xt, ldx, nt)) {
+			gemv_mma_kernel<<<cu_div_up(w->rows, 16), MMA_WARPS * 32, 0, c->st>>>(
+				(const uint16_t *)w->data, w->ld, w->rows, w->cols, xt, ldx, nt, bias, yt, ldy);
+			CU_LAUNCHED();
+		} else {
+			gemv(c, w, xt, ldx, nt, bias, yt, ldy);
+		}
+	}
 }
 
 void cu_matmul_op(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w, const float *bias,
 		  float *y, int ldy)
 {
 	cu_matmul(CU(be), x, ldx, n, w, bias, y, ldy);
+}
+
+/* ---- matmul_heads: nh matmuls of one shape, one launch per 8 tokens ---- */
+
+/* grid (row tiles, nh): head h's weight from tab[h], its activations at x + h*hx, its output at
+ * y + h*hy; the same arithmetic as gemv_kernel (so the numbers equal nh separate matmuls'). */
+template <typename T, int VEC, int RPW, int NT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_heads_kernel(const void *const *tab, size_t ld, int rows, int cols, const float *x, int ldx, int hx, int nt,
+		  float *y, int ldy, int hy)
+{
+	int h = blockIdx.y, row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * RPW;
+	if (row0 >= rows)
+		return;
+	const float *xs[NT];
+#pragma unroll
+	for (int t = 0; t < NT; t++)
+		xs[t] = x + (size_t)h * hx + (size_t)min(t, nt - 1) * ldx;
+	float acc[RPW][NT];
+	gemv_warp<T, VEC, RPW, NT>((const T *)tab[h], ld, row0, rows, cols, xs, nt, acc);
+	int lane = threadIdx.x & 31;
+	float *yh = y + (size_t)h * hy;
+#pragma unroll
+	for (int r = 0; r < RPW; r++)
+#pragma unroll
+		for (int t = 0; t < NT; t++)
+			if (lane == (r * NT + t) % 32 && t < nt && row0 + r < rows)
+				yh[(size_t)t * ldy + row0 + r] = acc[r][t];
+}
+
+template <typename T, int VEC, int RPW, int NT>
+static void heads_launch(struct cu *c, const void *const *tab, const struct eng_w *w, int nh, const float *x, int ldx,
+			 int hx, int nt, float *y, int ldy, int hy)
+{
+	dim3 grid(cu_div_up(w->rows, GEMV_WARPS * RPW), nh);
+	gemv_heads_kernel<T, VEC, RPW, NT><<<grid, GEMV_WARPS * 32, 0, c->st>>>(tab, w->ld, w->rows, w->cols, x, ldx, hx,
+									     nt, y, ldy, hy);
+	CU_LAUNCHED();
+}
+
+template <typename T, int VEC>
+static void heads_nt(struct cu *c, const void *const *tab, const struct eng_w *w, int nh, const float *x, int ldx,
+		     int hx, int nt, float *y, int ldy, int hy)
+{
+	if (nt == 1)
+		heads_launch<T, VEC, 2, 1>(c, tab, w, nh, x, ldx, hx, nt, y, ldy, hy);
+	else if (nt == 2)
+		heads_launch<T, VEC, 2, 2>(c, tab, w, nh, x, ldx, hx, nt, y, ldy, hy);
+	else if (nt <= 4)
+		heads_launch<T, VEC, 4, 4>(c, tab, w, nh, x, ldx, hx, nt, y, ldy, hy);
+	else
+		heads_launch<T, VEC, 4, 8>(c, tab, w, nh, x, ldx, hx, nt, y, ldy, hy);
+}
+
+/* The device table of the heads' weight pointers, made once per (host array, pointers). */
+static const void *const *heads_table(struct cu *c, const struct eng_w *w, int nh)
+{
+	for (int i = 0; i < c->n_hd; i++) {
+		struct cu_heads *t = &c->hd[i];
+		if (t->key != w || t->nh != nh)
+			continue;
+		int same = 1;
+		for (int h = 0; h < nh && same; h++)
+			same = t->host[h] == w[h].data;
+		if (same)
+			return t->dev;
+	}
+	SH_BUG_ON(c->step.capturing); /* made by the step's eager run */
+	const void **hp = (const void **)sh_malloc(sizeof(void *) * (size_t)nh), **d;
+	for (int h = 0; h < nh; h++)
+		hp[h] = w[h].data;
+	CU_CHECK(cudaMalloc((void **)&d, sizeof(void *) * (size_t)nh));
+	CU_CHECK(cudaMemcpy(d, hp, sizeof(void *) * (size_t)nh, cudaMemcpyHostToDevice));
+	c->hd = (struct cu_heads *)sh_realloc(c->hd, sizeof(*c->hd) * (size_t)(c->n_hd + 1));
+	c->hd[c->n_hd++] = (struct cu_heads){w, d, hp, nh};
+	return d;
+}
+
+void cu_matmul_heads(struct eng_backend *be, const float *x, int ldx, int hx, int n, int nh, const struct eng_w *w,
+		     float *y, int ldy, int hy)
+{
+	struct cu *c = CU(be);
+	if (n <= 0 || nh <= 0 || w[0].rows <= 0)
+		return;
+	int same = 1, aligned = 1, vec = w[0].dt == ENG_DT_F32 ? 4 : 8;
+	for (int h = 0; h < nh; h++) {
+		same &= w[h].dt == w[0].dt && w[h].rows == w[0].rows && w[h].cols == w[0].cols && w[h].ld == w[0].ld;
+		aligned &= gemv_aligned(&w[h], x + (size_t)h * hx, ldx, vec);
+	}
+	if (!same) { /* not one shape: one matmul per head */
+		for (int h = 0; h < nh; h++)
+			cu_matmul(c, x + (size_t)h * hx, ldx, n, &w[h], NULL, y + (size_t)h * hy, ldy);
+		return;
+	}
+	const void *const *tab = heads_table(c, w, nh);
+	for (int t0 = 0; t0 < n; t0 += 8) {
+		const float *xt = x + (size_t)t0 * ldx;
+		float *yt = y + (size_t)t0 * ldy;
+		int nt = SH_MIN(8, n - t0);
+		switch (w[0].dt) {
+		case ENG_DT_BF16:
+			if (aligned)
+				heads_nt<uint16_t, 8>(c, tab, w, nh, xt, ldx, hx, nt, yt, ldy, hy);
+			else
+				heads_nt<uint16_t, 1>(c, tab, w, nh, xt, ldx, hx, nt, yt, ldy, hy);
+			break;
+		case ENG_DT_F16:
+			if (aligned)
+				heads_nt<cu_f16_t, 8>(c, tab, w, nh, xt, ldx, hx, nt, yt, ldy, hy);
+			else
+				heads_nt<cu_f16_t, 1>(c, tab, w, nh, xt, ldx, hx, nt, yt, ldy, hy);
+			break;
+		case ENG_DT_F32:
+			if (aligned)
+				heads_nt<float, 4>(c, tab, w, nh, xt, ldx, hx, nt, yt, ldy, hy);
+			else
+				heads_nt<float, 1>(c, tab, w, nh, xt, ldx, hx, nt, yt, ldy, hy);
+			break;
+		}
+	}
 }

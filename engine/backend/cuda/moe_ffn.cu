@@ -124,7 +124,7 @@ __global__ void moe_gather_kernel(float *xs, const float *x, int dim, int K, con
 __global__ void moe_combine_kernel(float *out, const float *y, const float *wt, const int *inv, int dim, int K)
 {
 	int i = blockIdx.x;
-	for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+	for (int d = blockIdx.y * blockDim.x + threadIdx.x; d < dim; d += gridDim.y * blockDim.x) {
 		float s = out[(size_t)i * dim + d];
 		for (int k = 0; k < K; k++)
 			s += wt[(size_t)i * K + k] * y[(size_t)inv[i * K + k] * dim + d];
@@ -150,6 +150,7 @@ static const void *const *experts_table(struct cu *c, const struct eng_w *gate, 
 			free(h);
 			return c->ex[i].dev;
 		}
+	SH_BUG_ON(c->step.capturing); /* made by the step's eager run */
 	const void **d;
 	CU_CHECK(cudaMalloc((void **)&d, sizeof(void *) * 3 * (size_t)E));
 	CU_CHECK(cudaMemcpy(d, h, sizeof(void *) * 3 * (size_t)E, cudaMemcpyHostToDevice));
@@ -266,6 +267,7 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 		}
 		free(hoff);
 	}
-	moe_combine_kernel<<<n, 256, 0, c->st>>>(out, y, wt, L.inv, dim, K);
+	/* a block per (token, 256 columns): one block a token left the step on one SM */
+	moe_combine_kernel<<<dim3(n, cu_div_up(dim, 256)), 256, 0, c->st>>>(out, y, wt, L.inv, dim, K);
 	CU_LAUNCHED();
 }
