@@ -63,7 +63,7 @@ LDLIBS_ENGINE = -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 
-.PHONY: all deps deps-test test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer units integ
+.PHONY: all deps deps-test test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer bench-routing units integ
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 all: $(KVGATE) $(LIBSHARED) $(if $(wildcard engine/main.c),$(ENGINE)) $(TESTBINS)
 
@@ -147,6 +147,10 @@ fuzz: deps-test
 	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-fuzz CC=clang OPT=-O1 NVCC= SAN="$(FUZZ_SAN)" \
 		$(patsubst tests/fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
 	@sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+bench-routing: deps-test
+	@$(MAKE) --no-print-directory -j$(JOBS) all
+	@sh bench/routing.sh $(BUILD)
 
 bench-tokenizer: deps-test
 	@$(MAKE) --no-print-directory $(BUILD)/bench/tokenizer_bench

@@ -68,6 +68,7 @@ struct px_conf {
 	int64_t health_interval_ms;     /* active checks of each engine's /health; 0 = off */
 	int64_t health_timeout_ms;
 	int64_t health_fails;           /* consecutive failed checks that eject an instance */
+	char *route_policy;             /* cache_aware | least_loaded | round_robin */
 	int64_t route_balance_abs;      /* in-flight spread (max - min) above which load wins ... */
 	int64_t route_balance_rel_pct;  /* ... if also max > min * this / 100 */
 	int64_t route_cache_threshold_pct; /* percent of a prompt's blocks cached to prefer that instance */
@@ -115,7 +116,7 @@ struct px_pool {
 	struct sh_chat *chat;
 	int own_tok;                    /* this pool frees tok and chat */
 	size_t block;                   /* prefix block size, tokens */
-	struct sh_series *m_prefix, *m_load, *m_miss;  /* kvgate_route_decisions_total by cause */
+	struct sh_series *m_prefix, *m_load, *m_miss, *m_rr;  /* kvgate_route_decisions_total by cause */
 	struct px_upstream *ups;
 	size_t n_ups;
 	size_t rr;                      /* round-robin cursor for ties */

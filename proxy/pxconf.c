@@ -98,6 +98,8 @@ static const struct sh_conf_key keys[] = {
 	  "a check that takes longer has failed" },
 	{ "health_fails", SH_CONF_INT, K(health_fails), 1, 1000, 2, NULL, 0, NULL, 0,
 	  "consecutive failed checks that eject an instance; one passing check re-admits it" },
+	{ "route_policy", SH_CONF_STR, K(route_policy), 0, 0, 0, "cache_aware", 0, NULL, 0,
+	  "choice of instance in a pool: cache_aware, least_loaded or round_robin (for comparison)" },
 	{ "route_balance_abs", SH_CONF_INT, K(route_balance_abs), 0, 100000, 4, NULL, 0, NULL, 0,
 	  "in a pool, load wins over a cached prefix when max - min requests in flight exceeds this ..." },
 	{ "route_balance_rel_pct", SH_CONF_INT, K(route_balance_rel_pct), 100, 100000, 150, NULL, 0, NULL, 0,
@@ -212,6 +214,12 @@ static int check(struct px_conf *c, const char *path, struct sh_err *err)
 	}
 	if (c->n_pools == 0) {
 		sh_errf(err, "%s: pools: at least one pool with upstreams is needed", path);
+		goto out_release;
+	}
+	if (strcmp(c->route_policy, "cache_aware") && strcmp(c->route_policy, "least_loaded") &&
+	    strcmp(c->route_policy, "round_robin")) {
+		sh_errf(err, "%s: route_policy: \"%s\" is not one of cache_aware, least_loaded, round_robin", path,
+			c->route_policy);
 		goto out_release;
 	}
 	if (check_users(c, path, err))

@@ -24,6 +24,11 @@ void px_route_init(struct px_server *srv)
 		p->m_load = sh_series_get(srv->met.route_decisions, labels);
 		snprintf(labels, sizeof(labels), "pool=\"%.100s\",cause=\"miss\"", p->name);
 		p->m_miss = sh_series_get(srv->met.route_decisions, labels);
+		if (strcmp(srv->conf.route_policy, "cache_aware") != 0) {
+			snprintf(labels, sizeof(labels), "pool=\"%.100s\",cause=\"%s\"", p->name,
+				 srv->conf.route_policy);
+			p->m_rr = sh_series_get(srv->met.route_decisions, labels);
+		}
 	}
 }
 
@@ -105,7 +110,11 @@ int px_route_stage(struct px_req *r)
 	}
 	if (r->nhashes)
 		sh_series_add(srv->met.blocks_requested, (double)r->nhashes);
-	if (hi - lo > cf->route_balance_abs && (int64_t)hi * 100 > (int64_t)lo * cf->route_balance_rel_pct) {
+	if (p->m_rr) {
+		/* the policies to compare against: no use of the index at all */
+		r->route_up = strcmp(cf->route_policy, "round_robin") == 0 ? usable[0] : least;
+		sh_series_add(p->m_rr, 1);
+	} else if (hi - lo > cf->route_balance_abs && (int64_t)hi * 100 > (int64_t)lo * cf->route_balance_rel_pct) {
 		r->route_up = least;
 		sh_series_add(p->m_load, 1);
 	} else if (cached && best_match * 100 >= r->nhashes * (size_t)cf->route_cache_threshold_pct) {

@@ -5,7 +5,8 @@
  * then the least loaded), and only if it holds at least route_cache_threshold_pct of the prompt's
  * blocks. Misses and ties go to the least outstanding tokens; a session hint (x-session-affinity,
  * x-session-id, session-id) breaks ties. Each decision is counted in
- * kvgate_route_decisions_total{pool,cause="prefix"|"load"|"miss"}. */
+ * kvgate_route_decisions_total{pool,cause="prefix"|"load"|"miss"}. route_policy least_loaded or
+ * round_robin ignore the index (cause= the policy): the baselines bench/routing.sh compares with. */
 #ifndef PX_ROUTE_H
 #define PX_ROUTE_H
 
