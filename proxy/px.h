@@ -124,10 +124,25 @@ struct px_pool {
 	struct px_server *srv;
 };
 
-/* ---- metrics (proxy/metrics.c) ---- */
+/* ---- routes (proxy/req.c) ---- */
+enum px_route {
+	PX_ROUTE_OTHER,                 /* some other path under /v1/: forwarded as is */
+	PX_ROUTE_CHAT,                  /* POST /v1/chat/completions */
+	PX_ROUTE_COMPLETIONS,           /* POST /v1/completions, /v1/beta/completions */
+	PX_ROUTE_RESPONSES,             /* POST /v1/responses */
+	PX_ROUTE_EMBEDDINGS,            /* POST /v1/embeddings */
+	PX_ROUTE_MODELS,                /* GET /v1/models[/id] */
+	PX_ROUTE_HEALTH,                /* GET /health */
+	PX_ROUTE_METRICS,               /* GET /metrics */
+	PX_ROUTE_NOT_FOUND,
+	PX_ROUTE__COUNT
+};
+
+/* ---- metrics (proxy/pxmetrics.c) ---- */
 struct px_metrics {
 	struct sh_metrics reg;
 	struct sh_metric *requests, *ttfb, *duration, *bytes, *up_healthy;
+	struct sh_series *by_route_status[PX_ROUTE__COUNT][600];  /* requests_total series, found once */
 	struct sh_series *in_flight, *conns_open, *conns_total, *tls_ok, *tls_fail;
 	struct sh_series *bytes_to_client, *bytes_to_upstream, *ttfb_all, *duration_all;
 	struct sh_series *retries, *upstream_errors;
@@ -180,18 +195,6 @@ struct px_server {
 };
 
 /* ---- request and connection (proxy/conn.c, proxy/req.c) ---- */
-enum px_route {
-	PX_ROUTE_OTHER,                 /* some other path under /v1/: forwarded as is */
-	PX_ROUTE_CHAT,                  /* POST /v1/chat/completions */
-	PX_ROUTE_COMPLETIONS,           /* POST /v1/completions, /v1/beta/completions */
-	PX_ROUTE_RESPONSES,             /* POST /v1/responses */
-	PX_ROUTE_EMBEDDINGS,            /* POST /v1/embeddings */
-	PX_ROUTE_MODELS,                /* GET /v1/models[/id] */
-	PX_ROUTE_HEALTH,                /* GET /health */
-	PX_ROUTE_METRICS,               /* GET /metrics */
-	PX_ROUTE_NOT_FOUND,
-	PX_ROUTE__COUNT
-};
 
 /* What a stage returns: NEXT (go on), DONE (it answered), AGAIN (waiting on I/O; it will call
  * px_req_resume), or an HTTP status >= 400 with req->err_* set. */

@@ -81,10 +81,17 @@ void px_metrics_release(struct px_metrics *m)
 
 void px_metrics_request(struct px_metrics *m, const struct px_req *r)
 {
+	int cached = r->status >= 0 && r->status < 600;
+	struct sh_series *s = cached ? m->by_route_status[r->route][r->status] : NULL;
 	char labels[64];
 
-	snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", px_route_name(r->route), r->status);
-	sh_series_add(sh_series_get(m->requests, labels), 1);
+	if (!s) {
+		snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"", px_route_name(r->route), r->status);
+		s = sh_series_get(m->requests, labels);
+		if (cached)
+			m->by_route_status[r->route][r->status] = s;
+	}
+	sh_series_add(s, 1);
 	sh_series_observe(m->duration, m->duration_all, (double)(r->t_end_us - r->t_start_us) / 1e6);
 	sh_series_add(m->bytes_to_client, (double)r->bytes_out);
 }
