@@ -63,7 +63,7 @@ LDLIBS_ENGINE = -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 
-.PHONY: all deps deps-test test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer bench-routing units integ
+.PHONY: all deps deps-test test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer bench-routing soak soak-asan units integ
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 all: $(KVGATE) $(LIBSHARED) $(if $(wildcard engine/main.c),$(ENGINE)) $(TESTBINS)
 
@@ -147,6 +147,15 @@ fuzz: deps-test
 	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-fuzz CC=clang OPT=-O1 NVCC= SAN="$(FUZZ_SAN)" \
 		$(patsubst tests/fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
 	@sh tests/fuzz/run.sh build-fuzz $(FUZZ_SECONDS)
+
+# Soak: kvgate + two CPU engines on tests/data/engine_tiny, a mixed streaming load for SOAK_SECONDS
+# (600); nothing lost, RSS flat. soak-asan: a shorter run on the ASan build (leaks fail it).
+soak: deps-test
+	@$(MAKE) --no-print-directory -j$(JOBS) all
+	@BUILD=$(BUILD) SOAK_SECONDS=$${SOAK_SECONDS:-600} sh tests/soak/soak.sh
+soak-asan: deps-test
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-asan OPT=-O1 NVCC= SAN="$(ASAN_SAN)" all
+	@BUILD=build-asan SOAK_SECONDS=$${SOAK_SECONDS:-60} sh tests/soak/soak.sh
 
 bench-routing: deps-test
 	@$(MAKE) --no-print-directory -j$(JOBS) all

@@ -2,10 +2,10 @@
  *   kvgate-engine serve MODEL_DIR [flags]   the OpenAI-compatible server (vLLM's flags; --help)
  *   kvgate-engine generate MODEL_DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]
  *       [--temperature T] [--seed S] [--ignore-eos] [--kv-cache-dtype auto|fp8|int8|bf16]
- *       [--dtype auto|bfloat16|float16|float32] [--threads N] [--json]
+ *       [--dtype auto|bfloat16|float16|float32] [--threads N] [--device cpu|cuda] [--json]
  *     prints the continuation and tokens/s (text when the directory has a tokenizer, else ids).
  *   kvgate-engine perplexity MODEL_DIR --file TEXT [--kv-cache-dtype auto,fp8,int8,fp8_tensor]
- *       [--window 1024] [--max-windows N] [--reference heldout_ppl.json] [--json] ...
+ *       [--window 1024] [--max-windows N] [--reference heldout_ppl.json] [--device cpu|cuda] [--json] ...
  *     held-out perplexity with the recipe of eval/heldout_ppl.json (engine/ppl.h), one figure per
  *     KV format; with --reference, transformers' figure over the same windows beside it.
  *   kvgate-engine serve MODEL_DIR --config FILE [flags]
@@ -26,6 +26,9 @@
 
 #include "engine/api.h"
 #include "engine/backend.h"
+#ifdef KV_HAVE_CUDA
+#include "engine/backend/cuda.h"
+#endif
 #include "engine/model.h"
 #include "engine/ppl.h"
 #include "engine/sampler.h"
@@ -38,10 +41,10 @@ static void usage(FILE *f)
 	fprintf(f, "usage: kvgate-engine serve MODEL_DIR [flags]   (kvgate-engine serve --help lists them)\n");
 	fprintf(f, "       kvgate-engine generate MODEL_DIR (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N]\n"
 		   "         [--temperature T] [--seed S] [--ignore-eos] [--kv-cache-dtype auto|fp8|int8|bf16]\n"
-		   "         [--dtype auto|bfloat16|float16|float32] [--threads N] [--json]\n");
+		   "         [--dtype auto|bfloat16|float16|float32] [--threads N] [--device cpu|cuda] [--json]\n");
 	fprintf(f, "       kvgate-engine perplexity MODEL_DIR --file TEXT [--kv-cache-dtype auto|fp8|int8|fp8_tensor[,...]]\n"
 		   "         [--window 1024] [--max-windows N] [--reference heldout_ppl.json] [--bos ID] [--chunk N]\n"
-		   "         [--dtype auto|bfloat16|float16|float32] [--threads N] [--json] [--quiet]\n");
+		   "         [--dtype auto|bfloat16|float16|float32] [--threads N] [--device cpu|cuda] [--json] [--quiet]\n");
 	fprintf(f, "       kvgate-engine serve MODEL_DIR --config FILE [flags]   (FILE: conf/engine/*.yaml; flags override it)\n");
 }
 
@@ -64,6 +67,34 @@ static int parse_ids(const char *s, int32_t **out, int *n)
 	return *n ? 0 : -1;
 }
 
+/* --device: 1 for cuda, 0 for cpu, -1 (message printed) for anything else */
+static int parse_device(const char *device)
+{
+	if (!strcmp(device, "cuda"))
+		return 1;
+	if (!strcmp(device, "cpu"))
+		return 0;
+	fprintf(stderr, "kvgate-engine: --device cpu|cuda, got '%s'\n", device);
+	return -1;
+}
+
+/* The backend of --device (CUDA device 0, as serve), or NULL with a message. */
+static struct eng_backend *make_backend(int cuda, int threads)
+{
+	if (!cuda)
+		return eng_cpu_new(threads);
+#ifdef KV_HAVE_CUDA
+	struct sh_err err = {{0}};
+	struct eng_backend *be = eng_cuda_new(0, &err);
+	if (!be)
+		fprintf(stderr, "kvgate-engine: --device cuda: %s\n", err.msg);
+	return be;
+#else
+	fprintf(stderr, "kvgate-engine: --device cuda: this build has no CUDA backend (nvcc was not found at build time)\n");
+	return NULL;
+#endif
+}
+
 static int cmd_generate(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -72,8 +103,9 @@ static int cmd_generate(int argc, char **argv)
 		{"seed", required_argument, 0, 's'},        {"ignore-eos", no_argument, 0, 'e'},
 		{"kv-cache-dtype", required_argument, 0, 'k'}, {"dtype", required_argument, 0, 'd'},
 		{"threads", required_argument, 0, 'j'},     {"json", no_argument, 0, 'J'},
-		{"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
-	const char *prompt = NULL, *prompt_ids = NULL, *kvs = "auto", *dts = "auto";
+		{"device", required_argument, 0, 'D'},      {"help", no_argument, 0, 'h'},
+		{0, 0, 0, 0}};
+	const char *prompt = NULL, *prompt_ids = NULL, *kvs = "auto", *dts = "auto", *device = "cpu";
 	int max_tokens = 32, ignore_eos = 0, json = 0, threads = 0, c, rc = 1;
 	float temperature = 0;
 	unsigned long long seed = 0;
@@ -103,10 +135,14 @@ static int cmd_generate(int argc, char **argv)
 		case 'd': dts = optarg; break;
 		case 'j': threads = atoi(optarg); break;
 		case 'J': json = 1; break;
+		case 'D': device = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
+	int cuda = parse_device(device);
+	if (cuda < 0)
+		return 2;
 	if (optind != argc - 1 || !!prompt == !!prompt_ids || max_tokens < 1 || temperature < 0) {
 		usage(stderr);
 		return 2;
@@ -114,7 +150,8 @@ static int cmd_generate(int argc, char **argv)
 	const char *dir = argv[optind];
 	int dtype = !strcmp(dts, "auto") ? -1 : !strcmp(dts, "bfloat16") ? ENG_DT_BF16
 		  : !strcmp(dts, "float16") ? ENG_DT_F16 : !strcmp(dts, "float32") ? ENG_DT_F32 : -2;
-	int fmt = eng_kv_fmt_parse(kvs, ENG_KV_F32); /* auto: the CPU computes in f32 */
+	/* auto: the CPU computes in f32; CUDA's auto is the model dtype (bf16), as serve */
+	int fmt = eng_kv_fmt_parse(kvs, cuda ? ENG_KV_BF16 : ENG_KV_F32);
 	if (dtype == -2 || fmt < 0) {
 		fprintf(stderr, "kvgate-engine: --dtype auto|bfloat16|float16|float32, --kv-cache-dtype auto|fp8|int8|bf16\n");
 		return 2;
@@ -151,7 +188,8 @@ static int cmd_generate(int argc, char **argv)
 		goto out;
 	}
 
-	be = eng_cpu_new(threads);
+	if (!(be = make_backend(cuda, threads)))
+		goto out;
 	struct eng_model_opts mo = {.dtype = dtype, .max_tokens = 256, .mla_prefill = 1, .progress = !json};
 	int64_t t0 = sh_now_us();
 	if (eng_model_load(dir, &mo, be, &m, &err)) {
@@ -226,6 +264,7 @@ static int cmd_generate(int argc, char **argv)
 		cJSON_AddNumberToObject(o, "tokens_per_s", tps);
 		cJSON_AddNumberToObject(o, "prefill_tokens_per_s", prefill_tps);
 		cJSON_AddStringToObject(o, "kv_cache_dtype", eng_kv_fmt_name(kv->fmt));
+		cJSON_AddStringToObject(o, "device", be->name);
 		char *s = cJSON_PrintUnformatted(o);
 		puts(s);
 		free(s);
@@ -237,8 +276,8 @@ static int cmd_generate(int argc, char **argv)
 			for (int i = 0; i < n_gen; i++)
 				printf("%d%s", gen[i], i + 1 < n_gen ? "," : "\n");
 		fprintf(stderr, "%d prompt tokens, %d generated; load %.2f s; prefill %.1f tokens/s; decode %.1f tokens/s "
-				"(kv %s, %.0f B/token/layer, %d threads, weights %.1f MB)\n",
-			n_prompt, n_gen, t_load / 1e6, prefill_tps, tps, eng_kv_fmt_name(kv->fmt),
+				"(%s, kv %s, %.0f B/token/layer, %d threads, weights %.1f MB)\n",
+			n_prompt, n_gen, t_load / 1e6, prefill_tps, tps, be->name, eng_kv_fmt_name(kv->fmt),
 			eng_kv_bytes_per_token_layer(kv), threads > 0 ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
 			m->weight_bytes / 1e6);
 	}
@@ -388,9 +427,9 @@ static int cmd_perplexity(int argc, char **argv)
 		{"reference", required_argument, 0, 'r'},   {"bos", required_argument, 0, 'b'},
 		{"chunk", required_argument, 0, 'c'},       {"dtype", required_argument, 0, 'd'},
 		{"threads", required_argument, 0, 'j'},     {"json", no_argument, 0, 'J'},
-		{"quiet", no_argument, 0, 'q'},             {"help", no_argument, 0, 'h'},
-		{0, 0, 0, 0}};
-	const char *file = NULL, *kvs = "auto", *dts = "auto", *refpath = NULL;
+		{"quiet", no_argument, 0, 'q'},             {"device", required_argument, 0, 'D'},
+		{"help", no_argument, 0, 'h'},              {0, 0, 0, 0}};
+	const char *file = NULL, *kvs = "auto", *dts = "auto", *refpath = NULL, *device = "cpu";
 	int window = 1024, max_windows = 0, bos = -1, chunk = 0, threads = 0, json = 0, quiet = 0, c, rc = 1;
 	struct sh_err err = {{0}};
 	struct eng_backend *be = NULL;
@@ -417,10 +456,14 @@ static int cmd_perplexity(int argc, char **argv)
 		case 'j': threads = atoi(optarg); break;
 		case 'J': json = 1; break;
 		case 'q': quiet = 1; break;
+		case 'D': device = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
+	int cuda = parse_device(device);
+	if (cuda < 0)
+		return 2;
 	if (optind != argc - 1 || !file || window < 1 || max_windows < 0 || chunk < 0) {
 		usage(stderr);
 		return 2;
@@ -436,7 +479,7 @@ static int cmd_perplexity(int argc, char **argv)
 	int fmts[8], n_fmts = 0;
 	kvlist = sh_strdup(kvs);
 	for (char *save = NULL, *t = strtok_r(kvlist, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-		int f = eng_kv_fmt_parse(t, ENG_KV_F32); /* auto: the CPU computes in f32 */
+		int f = eng_kv_fmt_parse(t, cuda ? ENG_KV_BF16 : ENG_KV_F32); /* auto: CPU f32, CUDA bf16 */
 		if (f < 0 || n_fmts == (int)SH_ARRAY_LEN(fmts)) {
 			fprintf(stderr, "kvgate-engine: --kv-cache-dtype: up to 8 of auto|fp8|fp8_e4m3|int8|bf16|f32|fp8_tensor, "
 					"comma-separated; got '%s'\n", t);
@@ -473,7 +516,8 @@ static int cmd_perplexity(int argc, char **argv)
 				"the tokenizer or the text is not the same\n", hex, ref.ids_sha256);
 
 	/* 2. the model, with a workspace of one chunk (default: a whole window per forward call) */
-	be = eng_cpu_new(threads);
+	if (!(be = make_backend(cuda, threads)))
+		goto out;
 	struct eng_model_opts mo = {.dtype = dtype, .max_tokens = chunk ? chunk : window, .mla_prefill = 0,
 				    .progress = !json && !quiet};
 	if (eng_model_load(dir, &mo, be, &m, &err)) {
@@ -497,6 +541,7 @@ static int cmd_perplexity(int argc, char **argv)
 	cJSON_AddNumberToObject(jout, "windows", nw);
 	cJSON_AddNumberToObject(jout, "bos_id", bos);
 	cJSON_AddNumberToObject(jout, "threads", threads > 0 ? threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
+	cJSON_AddStringToObject(jout, "device", be->name);
 	cJSON *jres = cJSON_AddArrayToObject(jout, "results");
 	if (!json)
 		printf("%s: %zu tokens (ids sha256 %.16s...), %d window(s) of %d after BOS %d\n", file, ids.n, hex, nw,

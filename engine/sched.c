@@ -28,9 +28,10 @@ struct eng_seq *eng_sched_take_ready(struct eng_sched *s)
 {
 	pthread_mutex_lock(&s->out_mu);
 	struct eng_seq *r = s->ready;
+	/* out_queued stays set until the caller has read q->ready_next under out_mu: clearing it here
+	 * let the scheduler thread re-queue a seq (relinking its ready_next) while the HTTP thread
+	 * still walked this list, so seqs were skipped or handled twice (a double unref). */
 	s->ready = s->ready_tail = NULL;
-	for (struct eng_seq *q = r; q; q = q->ready_next)
-		q->out_queued = 0;
 	pthread_mutex_unlock(&s->out_mu);
 	return r;
 }

@@ -594,8 +594,9 @@ static void efd_cb(evutil_socket_t fd, short what, void *arg)
 	(void)k;
 	struct eng_seq *q = eng_sched_take_ready(srv->sched), *next;
 	for (; q; q = next) {
-		next = q->ready_next;
 		pthread_mutex_lock(&srv->sched->out_mu);
+		next = q->ready_next;
+		q->out_queued = 0;  /* from here on the scheduler may queue q again (see take_ready) */
 		struct eng_choice *ch = q->ud;
 		char *text = q->out;
 		size_t len = q->out_len;

@@ -1,7 +1,9 @@
 /* listen.c: listeners and TLS (see listen.h). */
 #include "listen.h"
 
+#include <event2/event.h>
 #include <event2/listener.h>
+#include <event2/util.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -11,6 +13,7 @@
 
 #include "conn.h"
 #include "net.h"
+#include "pxlog.h"
 
 /* Modern TLS 1.2 suites (forward secret AEAD only); TLS 1.3 keeps OpenSSL's defaults. */
 #define TLS12_CIPHERS "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
@@ -111,6 +114,38 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	px_conn_accept(srv, fd, sa, l == srv->lis_tls);
 }
 
+/* Re-enable the listeners a failed accept() paused (the ones still open: after px_listen_stop
+ * both are NULL and this does nothing). */
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct px_server *srv = arg;
+
+	(void)fd;
+	(void)what;
+	if (srv->lis_tls)
+		evconnlistener_enable(srv->lis_tls);
+	if (srv->lis_plain)
+		evconnlistener_enable(srv->lis_plain);
+}
+
+/* accept() failed for a reason libevent does not retry by itself: out of descriptors (EMFILE,
+ * ENFILE) or memory. The pending connection stays in the backlog and the listener stays readable,
+ * so accepting again at once would spin the loop at 100% CPU (and libevent's default warning would
+ * flood the log): pause this listener for 100 ms instead (nginx pauses for 500 ms). Logged on the
+ * first failure and every 1000th after. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	static unsigned long n_fail;
+	struct px_server *srv = arg;
+	int e = EVUTIL_SOCKET_ERROR();
+	struct timeval tv = { 0, 100000 };
+
+	if (n_fail++ % 1000 == 0)
+		px_log("accept: %s: pausing accepts for 100 ms (%lu failure(s) so far)", strerror(e), n_fail);
+	evconnlistener_disable(l);
+	event_base_once(srv->base, -1, EV_TIMEOUT, accept_resume_cb, srv, &tv);
+}
+
 static struct evconnlistener *listen_on(struct px_server *srv, const char *addr, struct sh_err *err)
 {
 	struct sockaddr_storage sa;
@@ -124,6 +159,8 @@ static struct evconnlistener *listen_on(struct px_server *srv, const char *addr,
 				    (struct sockaddr *)&sa, salen);
 	if (!l)
 		sh_errf(err, "cannot listen on %s: %s", addr, strerror(errno));
+	else
+		evconnlistener_set_error_cb(l, accept_error_cb);
 	return l;
 }
 
