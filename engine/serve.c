@@ -52,7 +52,7 @@ static const struct flag flags[] = {
 	{"enable-prefix-caching", 0, F_PC, "on", "reuse KV blocks of identical prompt prefixes"},
 	{"no-enable-prefix-caching", 0, F_NOPC, "", "turn prefix caching off"},
 	{"device", 1, F_DEVICE, "cpu", "cpu | cuda"},
-	{"seed", 1, F_SEED, "0", "seed of the sampling of requests that carry none"},
+	{"seed", 1, F_SEED, "0", "seeds the draws of the seeds of requests that carry none (the n-th such request samples the same for a given --seed)"},
 	{"trust-remote-code", 0, F_TRC, "", "accepted for vLLM compatibility; nothing is executed"},
 	{"threads", 1, F_THREADS, "all CPUs", "CPU backend threads"},
 	{"chat-template-name", 1, F_CHAT, "detected", "built-in chat renderer: deepseek_v2 | deepseek_v3 | llama3 | chatml | qwen3"},
@@ -303,13 +303,12 @@ int eng_serve_main(int argc, char **argv)
 	sched = eng_sched_new(m, kv, tok, &sc, eng_server_notify, NULL);
 	struct eng_api_ctx ctx = {.tok = tok, .chat = chat, .model = name, .max_model_len = max_len,
 				  .capacity = nblocks * ENG_KV_BLOCK_TOKENS, .block_size = ENG_KV_BLOCK_TOKENS};
-	(void)seed; /* requests without a seed draw one from the clock; --seed is accepted as vLLM's */
 	g_base = event_base_new();
 	struct eng_server_conf scf = {.host = host, .port = port, .model_name = name, .model_path = dir,
 				      .kv_dtype = eng_kv_fmt_name(kv->fmt), .gpu_mem_util = gpu_util, .max_body = max_body,
 				      .weight_bytes = m->weight_bytes, .kv_block_bytes = block_bytes,
 				      .kv_bytes_per_token = (double)block_bytes / ENG_KV_BLOCK_TOKENS,
-				      .block_size = ENG_KV_BLOCK_TOKENS, .prefix_caching = pc};
+				      .block_size = ENG_KV_BLOCK_TOKENS, .prefix_caching = pc, .seed = (uint64_t)seed};
 	if (!(srv = eng_server_new(g_base, &scf, sched, &ctx, &err))) {
 		fprintf(stderr, "kvgate-engine: %s\n", err.msg);
 		goto out;

@@ -618,9 +618,11 @@ static void efd_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* The seed of a request that carries none: the n-th such draw of a server started with --seed S is
+ * the same every run (as vLLM's global generator seeded by --seed), whatever the clock. */
 static uint64_t rand_seed(struct eng_server *srv)
 {
-	uint64_t x = (uint64_t)sh_now_us() ^ (++srv->n_req * 0x9E3779B97F4A7C15ull);
+	uint64_t x = srv->conf.seed * 0xD1B54A32D192ED03ull + ++srv->n_req * 0x9E3779B97F4A7C15ull;
 	x ^= x >> 31;
 	x *= 0xBF58476D1CE4E5B9ull;
 	return x ^ (x >> 29);

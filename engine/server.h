@@ -41,6 +41,7 @@ struct eng_server_conf {
 	double kv_bytes_per_token;       /* all layers */
 	int block_size;
 	int prefix_caching;
+	uint64_t seed;                   /* --seed: draws the seeds of requests that carry none */
 };
 
 struct eng_server;

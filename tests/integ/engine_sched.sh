@@ -109,4 +109,20 @@ fb=$!
 wait $fa1 $fa2 $fa3 $fb
 kv_le "fair: bob (arrived last) finished before alice's third (ms)" "$(cat "$T/fbt")" "$(cat "$T/fat3")"
 
+# ---- --seed: the draws for requests without a seed repeat across runs (as vLLM's --seed) ----
+unseeded='{"prompt":"def","max_tokens":24,"ignore_eos":true,"temperature":1.0}'
+eng_start V1 --seed 7
+eng_start V2 --seed 7
+eng_start V3 --seed 8
+for v in 1 2 3; do
+	eval "p=\$V$v"
+	post "$p" /v1/completions "$unseeded" "$T/seed$v.a" >/dev/null
+	post "$p" /v1/completions "$unseeded" "$T/seed$v.b" >/dev/null
+done
+kv_eq "--seed 7 twice: the first unseeded request samples the same" "$(J "$T/seed1.a" 'j.choices[0].text')" "$(J "$T/seed2.a" 'j.choices[0].text')"
+kv_eq "  and the second" "$(J "$T/seed1.b" 'j.choices[0].text')" "$(J "$T/seed2.b" 'j.choices[0].text')"
+kv_ne "  consecutive requests draw different seeds" "$(J "$T/seed1.a" 'j.choices[0].text')" "$(J "$T/seed1.b" 'j.choices[0].text')"
+kv_ne "--seed 8 samples otherwise" "$(J "$T/seed1.a" 'j.choices[0].text')$(J "$T/seed1.b" 'j.choices[0].text')" \
+	"$(J "$T/seed3.a" 'j.choices[0].text')$(J "$T/seed3.b" 'j.choices[0].text')"
+
 kv_done
