@@ -21,6 +21,7 @@ int px_models_init(struct px_server *srv, struct sh_err *err)
 
 		p->model = pc->model;
 		p->block = (size_t)pc->block_size;
+		srv->reads_bodies |= *pc->model || *pc->tokenizer;
 		if (!*pc->tokenizer)
 			continue;
 		for (j = 0; j < i; j++) {

@@ -20,20 +20,47 @@
 #include "req.h"
 #include "upstream.h"
 
-/* Hop-by-hop headers (RFC 9110 7.6.1) and those kvgate sets itself: never copied across. */
-static int skip_header(const char *name)
+/* Hop-by-hop headers (RFC 9110 7.6.1) and those kvgate sets itself: never copied across. Looked
+ * up by length first: this runs for every header of every request and response. */
+static int skip_header(const char *name, size_t len)
 {
-	static const char *const skip[] = {
-		"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-		"upgrade", "content-length", "host", "expect", "x-request-id", "x-forwarded-for",
-		"authorization", "x-kvgate-user",
+	static const char *const by_len[][4] = {
+		[2] = { "te" },
+		[4] = { "host" },
+		[6] = { "expect" },
+		[7] = { "trailer", "upgrade" },
+		[10] = { "connection", "keep-alive" },
+		[12] = { "x-request-id" },
+		[13] = { "authorization", "x-kvgate-user" },
+		[14] = { "content-length" },
+		[15] = { "x-forwarded-for" },
+		[16] = { "proxy-connection" },
+		[17] = { "transfer-encoding" },
 	};
 	size_t i;
 
-	for (i = 0; i < SH_ARRAY_LEN(skip); i++)
-		if (strcasecmp(name, skip[i]) == 0)
+	if (len >= SH_ARRAY_LEN(by_len))
+		return 0;
+	for (i = 0; i < 4 && by_len[len][i]; i++)
+		if (strncasecmp(name, by_len[len][i], len) == 0)
 			return 1;
 	return 0;
+}
+
+/* "name: value\r\n" for every header of m that is not hop-by-hop, lengths known: no printf. */
+static void copy_headers(struct evbuffer *out, const struct sh_http_msg *m)
+{
+	size_t i;
+
+	for (i = 0; i < m->n_hdrs; i++) {
+		const struct sh_http_header *h = &m->hdrs[i];
+		if (skip_header(m->buf + h->name, h->name_len))
+			continue;
+		evbuffer_add(out, m->buf + h->name, h->name_len);
+		evbuffer_add(out, ": ", 2);
+		evbuffer_add(out, m->buf + h->value, h->value_len);
+		evbuffer_add(out, "\r\n", 2);
+	}
 }
 
 static struct evbuffer *client_out(struct px_req *r)
@@ -47,14 +74,12 @@ static void send_request(struct px_req *r, struct px_upconn *uc)
 {
 	struct evbuffer *out = bufferevent_get_output(uc->bev);
 	struct sh_http_msg *m = r->msg;
-	size_t i, len = evbuffer_get_length(r->body);
+	size_t len = evbuffer_get_length(r->body);
 	const char *url = sh_http_url(m);
 
 	evbuffer_add_printf(out, "%s %s HTTP/1.1\r\nHost: %s\r\n", llhttp_method_name(r->method), url,
 			    uc->up->addr);
-	for (i = 0; i < m->n_hdrs; i++)
-		if (!skip_header(sh_http_hname(m, i)))
-			evbuffer_add_printf(out, "%s: %s\r\n", sh_http_hname(m, i), sh_http_hvalue(m, i));
+	copy_headers(out, m);
 	/* The user's key stays here; the engine learns who it is for (fairness) by name. */
 	evbuffer_add_printf(out, "x-request-id: %s\r\nX-Forwarded-For: %s\r\n", r->rid, r->conn->peer);
 	if (r->user)
@@ -208,17 +233,15 @@ static int up_on_headers(struct sh_http_msg *m, void *ud)
 	struct evbuffer *out = client_out(r);
 	int status = sh_http_status(m);
 	const char *ct;
-	size_t i;
 
 	if (status < 200)
 		return 0;  /* interim response: dropped, the real one follows */
 	r->status = status;
 	ct = sh_http_header(m, "content-type", NULL);
 	r->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
+	r->stream |= r->sse;  /* for the log when the body was not read */
 	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, sh_http_reason(status));
-	for (i = 0; i < m->n_hdrs; i++)
-		if (!skip_header(sh_http_hname(m, i)))
-			evbuffer_add_printf(out, "%s: %s\r\n", sh_http_hname(m, i), sh_http_hvalue(m, i));
+	copy_headers(out, m);
 	evbuffer_add_printf(out, "x-request-id: %s\r\n", r->rid);
 	if ((m->parser.flags & F_CONTENT_LENGTH) && !sh_http_chunked(m)) {
 		evbuffer_add_printf(out, "Content-Length: %llu\r\n", (unsigned long long)m->parser.content_length);
@@ -247,7 +270,18 @@ static int up_on_body(struct sh_http_msg *m, void *ud, const char *at, size_t le
 	if (r->status < 200)
 		return 0;
 	if (r->chunked) {
-		evbuffer_add_printf(out, "%zx\r\n", len);
+		/* the chunk-size line by hand: this runs for every event of every stream */
+		char hex[20];
+		size_t n = sizeof(hex);
+		size_t v = len;
+
+		hex[--n] = '\n';
+		hex[--n] = '\r';
+		do {
+			hex[--n] = "0123456789abcdef"[v & 15];
+			v >>= 4;
+		} while (v);
+		evbuffer_add(out, hex + n, sizeof(hex) - n);
 		evbuffer_add(out, at, len);
 		evbuffer_add(out, "\r\n", 2);
 	} else {

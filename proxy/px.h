@@ -181,6 +181,7 @@ struct px_server {
 	struct px_user *users;          /* n_users; one "anonymous" user when no keys are configured */
 	size_t n_users;
 	int auth;                       /* API keys required */
+	int reads_bodies;               /* some pool routes by model or counts tokens: parse JSON bodies */
 	struct px_metrics met;
 	void *access_log;               /* FILE *, NULL when off */
 	struct px_conn *conns;          /* every open connection (for drain) */

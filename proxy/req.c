@@ -280,9 +280,6 @@ void px_req_parse_error(struct px_conn *c)
 static int stage_check(struct px_req *r)
 {
 	int method;
-	const cJSON *stream;
-	size_t len;
-	char *text;
 
 	if (r->conn->over_cap) {
 		r->conn->close_after = 1;
@@ -308,10 +305,20 @@ static int stage_check(struct px_req *r)
 	}
 	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS && r->route != PX_ROUTE_RESPONSES)
 		return PX_NEXT;
+	/* kvgate reads a body only when it needs something in it: the model (pools with a configured
+	 * model) or the prompt (pools with a tokenizer). Otherwise it is a plain proxy and the engine
+	 * judges the body (its own 400s are relayed). */
+	if (!r->conn->srv->reads_bodies)
+		return PX_NEXT;
+	return px_req_read_json(r);
+}
 
-	/* The routes whose body kvgate reads (stream flag now; token counts and limits later). */
-	len = evbuffer_get_length(r->body);
-	text = (char *)evbuffer_pullup(r->body, -1);
+int px_req_read_json(struct px_req *r)
+{
+	const cJSON *stream;
+	size_t len = evbuffer_get_length(r->body);
+	char *text = (char *)evbuffer_pullup(r->body, -1);
+
 	r->json = text ? cJSON_ParseWithLength(text, len) : NULL;
 	if (!r->json || !cJSON_IsObject(r->json)) {
 		r->err_msg = len ? "the request body is not a valid JSON object" : "the request body is empty; "

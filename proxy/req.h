@@ -39,6 +39,9 @@ void px_req_abort(struct px_req *r);
 /* Register fn(arg) to run when the request ends, however it ends. Runs in reverse order. */
 void px_req_cleanup_add(struct px_req *r, void (*fn)(void *), void *arg);
 
+/* Parse the body as a JSON object into r->json (and r->stream). PX_NEXT, or 400 with r->err_*. */
+int px_req_read_json(struct px_req *r);
+
 /* The route's label for metrics and logs. */
 const char *px_route_name(enum px_route route);
 

@@ -77,6 +77,16 @@ kv_eq "  s1" s1 "$(served)"
 kv_eq "  max_tokens left open" -1 "$(kv_json "$R" 'j.kvup_max_tokens')"
 kv_eq "max_tokens -5 -> 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"coder","messages":[],"max_tokens":-5}')"
 kv_match "  names the parameter" '"param":"max_tokens"' "$(cat "$R")"
+r0=$(kv_stat_sum requests "$S1" "$L1" "$L2")
+kv_eq "malformed JSON -> kvgate's 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"coder",')"
+kv_err "400 malformed JSON" "$R" invalid_request_error
+kv_match "  invalid_json" '"code":"invalid_json"' "$(cat "$R")"
+kv_eq "malformed JSON to completions -> 400" 400 "$(kv_curl "$R" "$U/v1/completions" -H "$A" -d 'prompt=x')"
+kv_eq "malformed JSON to responses -> 400" 400 "$(kv_curl "$R" "$U/v1/responses" -H "$A" -d '[1,')"
+kv_eq "empty body to chat -> 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -X POST)"
+kv_eq "\"stream\": \"yes\" -> 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"messages":[],"stream":"yes"}')"
+kv_match "  names the parameter" '"param":"stream"' "$(cat "$R")"
+kv_eq "  none of them reached an engine" "$r0" "$(kv_stat_sum requests "$S1" "$L1" "$L2")"
 kv_eq "unknown model -> 404" 404 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"gpt-9","messages":[]}')"
 kv_match "  model_not_found" '"code":"model_not_found"' "$(cat "$R")"
 
