@@ -87,7 +87,9 @@ static void send_request(struct px_req *r, struct px_upconn *uc)
 	if (len || (r->method != HTTP_GET && r->method != HTTP_HEAD))
 		evbuffer_add_printf(out, "Content-Length: %zu\r\n", len);
 	evbuffer_add(out, "\r\n", 2);
-	if (len)
+	/* The body by reference, not copied (it stays with the request for a retry); a copy only if
+	 * libevent refuses the reference. */
+	if (len && evbuffer_add_buffer_reference(out, r->body) != 0)
 		evbuffer_add(out, evbuffer_pullup(r->body, -1), len);
 	sh_series_add(r->conn->srv->met.bytes_to_upstream, (double)len);
 	uc->t_sent_us = sh_now_us();
