@@ -63,7 +63,7 @@ LDLIBS_ENGINE = -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 
-.PHONY: all deps deps-test test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer bench-routing soak soak-asan units integ
+.PHONY: all deps deps-test deps-bench test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer bench-routing soak soak-asan units integ
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 all: $(KVGATE) $(LIBSHARED) $(if $(wildcard engine/main.c),$(ENGINE)) $(TESTBINS)
 
@@ -71,6 +71,8 @@ deps:
 	@tools/deps.sh
 deps-test:
 	@tools/deps.sh test
+deps-bench:
+	@tools/deps.sh bench
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -136,7 +138,7 @@ asan: deps-test
 		$(patsubst $(BUILD)/%,build-asan/%,$(UNITS))
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 NVCC= SAN="$(ASAN_SAN)" units integ
 
-bench-proxy: deps-test
+bench-proxy: deps-bench
 	@$(MAKE) --no-print-directory all
 	@sh bench/proxy.sh $(BUILD)
 

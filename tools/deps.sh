@@ -1,10 +1,12 @@
 #!/bin/sh
 # Installs what a fresh Debian 12 or Ubuntu 24.04 lacks to build, run and test kvgate.
-# Usage: tools/deps.sh [test]   ("test" also installs the Node packages the tests drive)
+# Usage: tools/deps.sh [test|bench]   ("test" also installs clang and the Node packages the tests
+# drive; "bench" also wrk and nginx, which make bench-proxy measures against)
 # Quiet and quick when everything is already there: it asks dpkg first, apt-get only for what is missing.
 set -e
 PKGS="build-essential pkg-config libevent-dev libssl-dev libcjson-dev check node-llhttp
       libonig-dev libutf8proc-dev libxxhash-dev openssl curl"
+[ "$1" = bench ] && PKGS="$PKGS wrk nginx" && set -- test
 [ "$1" = test ] && PKGS="$PKGS nodejs npm clang"
 missing=""
 for p in $PKGS; do
