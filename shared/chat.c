@@ -26,29 +26,9 @@ static const char *const NAMES[] = {
 #define HOW_TO_CHOOSE "name one with the chat_template setting: deepseek_v2, deepseek_v3, llama3, " \
 	"chatml or qwen3"
 
-/* A growable string. */
-struct str {
-	char *p;
-	size_t n, cap;
-};
-
-static void s_add(struct str *s, const char *p, size_t n)
+static void s_cat(struct sh_buf *s, const char *z)
 {
-	if (s->n + n + 1 > s->cap) {
-		size_t c = s->cap ? s->cap : 256;
-		while (c < s->n + n + 1)
-			c *= 2;
-		s->p = sh_realloc(s->p, c);
-		s->cap = c;
-	}
-	memcpy(s->p + s->n, p, n);
-	s->n += n;
-	s->p[s->n] = '\0';
-}
-
-static void s_cat(struct str *s, const char *z)
-{
-	s_add(s, z, strlen(z));
+	sh_buf_add(s, z, strlen(z));
 }
 
 int sh_chat_detect(const char *t, enum sh_chat_kind *kind, struct sh_err *err)
@@ -158,7 +138,7 @@ static int flatten(const cJSON *m, struct msg *out, int *approx, size_t idx, str
 	const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
 	const cJSON *rc = cJSON_GetObjectItemCaseSensitive(m, "reasoning_content");
 	const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
-	struct str s = {0};
+	struct sh_buf s = {0};
 
 	if (!cJSON_IsObject(m))
 		return sh_errf(err, "messages[%zu] is not an object", idx);
@@ -170,13 +150,13 @@ static int flatten(const cJSON *m, struct msg *out, int *approx, size_t idx, str
 	if (out->tool_calls)
 		*approx = 1;
 	if (!c || cJSON_IsNull(c)) {
-		s_add(&s, "", 0);
+		sh_buf_add(&s, "", 0);
 	} else if (cJSON_IsString(c)) {
 		s_cat(&s, c->valuestring);
 	} else if (cJSON_IsArray(c)) {
 		const cJSON *p;
 		int first = 1;
-		s_add(&s, "", 0);
+		sh_buf_add(&s, "", 0);
 		cJSON_ArrayForEach(p, c) {
 			const cJSON *type = cJSON_GetObjectItemCaseSensitive(p, "type");
 			const cJSON *text = cJSON_GetObjectItemCaseSensitive(p, "text");
@@ -186,7 +166,7 @@ static int flatten(const cJSON *m, struct msg *out, int *approx, size_t idx, str
 			}
 			if (cJSON_IsString(type) && !strcmp(type->valuestring, "text") && cJSON_IsString(text)) {
 				if (!first)
-					s_add(&s, "\n", 1);
+					sh_buf_add(&s, "\n", 1);
 				s_cat(&s, text->valuestring);
 				first = 0;
 			} else {
@@ -258,20 +238,20 @@ static int has_str(const char *s, size_t n, const char *needle)
 }
 
 static void render_deepseek_v2(const struct sh_chat *c, struct msg *m, size_t n, int gen,
-			       struct str *o)
+			       struct sh_buf *o)
 {
 	s_cat(o, c->bos);
 	for (size_t i = 0; i < n; i++) {
 		if (!strcmp(m[i].role, "user")) {
 			s_cat(o, "User: ");
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			s_cat(o, "\n\n");
 		} else if (!strcmp(m[i].role, "assistant")) {
 			s_cat(o, "Assistant: ");
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			s_cat(o, c->eos);
 		} else if (!strcmp(m[i].role, "system")) {
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			s_cat(o, "\n\n");
 		}
 	}
@@ -282,7 +262,7 @@ static void render_deepseek_v2(const struct sh_chat *c, struct msg *m, size_t n,
 #define DS3(x) "<\xEF\xBD\x9C" x "\xEF\xBD\x9C>"
 
 static void render_deepseek_v3(const struct sh_chat *c, struct msg *m, size_t n, int gen,
-			       struct str *o)
+			       struct sh_buf *o)
 {
 	int is_tool = 0, output_first = 1, first_sp = 1;
 	size_t i;
@@ -292,18 +272,18 @@ static void render_deepseek_v3(const struct sh_chat *c, struct msg *m, size_t n,
 		if (!strcmp(m[i].role, "system")) {
 			if (!first_sp)
 				s_cat(o, "\n\n");
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			first_sp = 0;
 		}
 	for (i = 0; i < n; i++) {
 		if (!strcmp(m[i].role, "user")) {
 			is_tool = 0;
 			s_cat(o, DS3("User"));
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 		}
 		if (!strcmp(m[i].role, "assistant")) {
 			s_cat(o, is_tool ? DS3("tool\xE2\x96\x81outputs\xE2\x96\x81" "end") : DS3("Assistant"));
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			s_cat(o, DS3("end\xE2\x96\x81of\xE2\x96\x81sentence"));
 			is_tool = 0;
 		}
@@ -316,7 +296,7 @@ static void render_deepseek_v3(const struct sh_chat *c, struct msg *m, size_t n,
 			} else {
 				s_cat(o, "\n" DS3("tool\xE2\x96\x81output\xE2\x96\x81" "begin"));
 			}
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			s_cat(o, DS3("tool\xE2\x96\x81output\xE2\x96\x81" "end"));
 		}
 	}
@@ -326,7 +306,7 @@ static void render_deepseek_v3(const struct sh_chat *c, struct msg *m, size_t n,
 		s_cat(o, DS3("Assistant"));
 }
 
-static void render_llama3(const struct sh_chat *c, struct msg *m, size_t n, int gen, struct str *o)
+static void render_llama3(const struct sh_chat *c, struct msg *m, size_t n, int gen, struct sh_buf *o)
 {
 	for (size_t i = 0; i < n; i++) {
 		size_t a, z;
@@ -336,34 +316,34 @@ static void render_llama3(const struct sh_chat *c, struct msg *m, size_t n, int 
 		s_cat(o, m[i].role);
 		s_cat(o, "<|end_header_id|>\n\n");
 		trim_ws(m[i].content, m[i].len, &a, &z);
-		s_add(o, m[i].content + a, z - a);
+		sh_buf_add(o, m[i].content + a, z - a);
 		s_cat(o, "<|eot_id|>");
 	}
 	if (gen || c->gen_always)
 		s_cat(o, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-static void render_chatml(struct msg *m, size_t n, int gen, struct str *o)
+static void render_chatml(struct msg *m, size_t n, int gen, struct sh_buf *o)
 {
 	for (size_t i = 0; i < n; i++) {
 		s_cat(o, "<|im_start|>");
 		s_cat(o, m[i].role);
 		s_cat(o, "\n");
-		s_add(o, m[i].content, m[i].len);
+		sh_buf_add(o, m[i].content, m[i].len);
 		s_cat(o, "<|im_end|>\n");
 	}
 	if (gen)
 		s_cat(o, "<|im_start|>assistant\n");
 }
 
-static void render_qwen3(struct msg *m, size_t n, int flags, struct str *o)
+static void render_qwen3(struct msg *m, size_t n, int flags, struct sh_buf *o)
 {
 	size_t last_query = n ? n - 1 : 0, i;
 	int multi_step = 1;
 
 	if (n && !strcmp(m[0].role, "system")) {
 		s_cat(o, "<|im_start|>system\n");
-		s_add(o, m[0].content, m[0].len);
+		sh_buf_add(o, m[0].content, m[0].len);
 		s_cat(o, "<|im_end|>\n");
 	}
 	for (i = n; i-- > 0;) {
@@ -382,7 +362,7 @@ static void render_qwen3(struct msg *m, size_t n, int flags, struct str *o)
 			s_cat(o, "<|im_start|>");
 			s_cat(o, role);
 			s_cat(o, "\n");
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			s_cat(o, "<|im_end|>\n");
 		} else if (!strcmp(role, "assistant")) {
 			const char *content = m[i].content, *rs = "";
@@ -419,19 +399,19 @@ static void render_qwen3(struct msg *m, size_t n, int flags, struct str *o)
 			if (i > last_query && (i == n - 1 || rl)) {
 				s_cat(o, "<think>\n");
 				strip_chars(rs, rl, "\n", 1, 1, &a, &z);
-				s_add(o, rs + a, z - a);
+				sh_buf_add(o, rs + a, z - a);
 				s_cat(o, "\n</think>\n\n");
 				strip_chars(content, cl, "\n", 1, 0, &a, &z);
-				s_add(o, content + a, z - a);
+				sh_buf_add(o, content + a, z - a);
 			} else {
-				s_add(o, content, cl);
+				sh_buf_add(o, content, cl);
 			}
 			s_cat(o, "<|im_end|>\n");
 		} else if (!strcmp(role, "tool")) {
 			if (i == 0 || strcmp(m[i - 1].role, "tool"))
 				s_cat(o, "<|im_start|>user");
 			s_cat(o, "\n<tool_response>\n");
-			s_add(o, m[i].content, m[i].len);
+			sh_buf_add(o, m[i].content, m[i].len);
 			s_cat(o, "\n</tool_response>");
 			if (i == n - 1 || strcmp(m[i + 1].role, "tool"))
 				s_cat(o, "<|im_end|>\n");
@@ -450,7 +430,7 @@ char *sh_chat_render(const struct sh_chat *chat, const cJSON *messages, int flag
 	size_t n, i = 0;
 	struct msg *m;
 	const cJSON *e;
-	struct str o = {0};
+	struct sh_buf o = {0};
 	int ap = 0, gen = !!(flags & SH_CHAT_GEN_PROMPT);
 
 	if (!cJSON_IsArray(messages)) {
@@ -468,7 +448,7 @@ char *sh_chat_render(const struct sh_chat *chat, const cJSON *messages, int flag
 		}
 		i++;
 	}
-	s_add(&o, "", 0);
+	sh_buf_add(&o, "", 0);
 	switch (chat->kind) {
 	case SH_CHAT_DEEPSEEK_V2: render_deepseek_v2(chat, m, n, gen, &o); break;
 	case SH_CHAT_DEEPSEEK_V3: render_deepseek_v3(chat, m, n, gen, &o); break;
@@ -494,14 +474,14 @@ char *sh_chat_fim(const struct sh_tok *tok, const char *prefix, size_t plen, con
 		{"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"},
 	};
 	for (size_t f = 0; f < SH_ARRAY_LEN(forms); f++) {
-		struct str o = {0};
+		struct sh_buf o = {0};
 		if (sh_tok_token_id(tok, forms[f][0]) < 0 || sh_tok_token_id(tok, forms[f][1]) < 0 ||
 		    sh_tok_token_id(tok, forms[f][2]) < 0)
 			continue;
 		s_cat(&o, forms[f][0]);
-		s_add(&o, prefix, plen);
+		sh_buf_add(&o, prefix, plen);
 		s_cat(&o, forms[f][1]);
-		s_add(&o, suffix, slen);
+		sh_buf_add(&o, suffix, slen);
 		s_cat(&o, forms[f][2]);
 		*len = o.n;
 		return o.p;

@@ -56,6 +56,27 @@ char *sh_strndup(const char *s, size_t n)
 	return d;
 }
 
+void sh_buf_reserve(struct sh_buf *b, size_t extra)
+{
+	size_t c;
+
+	if (b->n + extra + 1 <= b->cap)
+		return;
+	c = b->cap ? b->cap : 128;
+	while (c < b->n + extra + 1)
+		c *= 2;
+	b->p = sh_realloc(b->p, c);
+	b->cap = c;
+}
+
+void sh_buf_add(struct sh_buf *b, const void *p, size_t n)
+{
+	sh_buf_reserve(b, n);
+	memcpy(b->p + b->n, p, n);
+	b->n += n;
+	b->p[b->n] = '\0';
+}
+
 int64_t sh_now_us(void)
 {
 	struct timespec ts;

@@ -33,6 +33,14 @@ void *sh_realloc(void *p, size_t n);
 char *sh_strdup(const char *s);
 char *sh_strndup(const char *s, size_t n);
 
+/* A growable byte string, always NUL-terminated after its n bytes; zero-initialise it, free(p). */
+struct sh_buf {
+	char *p;
+	size_t n, cap;
+};
+void sh_buf_reserve(struct sh_buf *b, size_t extra);
+void sh_buf_add(struct sh_buf *b, const void *p, size_t n);
+
 /* Monotonic clock in microseconds, and wall clock in seconds (for `created` fields and logs). */
 int64_t sh_now_us(void);
 int64_t sh_wall_s(void);

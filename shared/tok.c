@@ -129,13 +129,15 @@ static size_t utf8_check(const unsigned char *s, size_t n)
 }
 
 /* Length of the maximal invalid subpart at s (for U+FFFD substitution as WHATWG and Rust's
- * from_utf8_lossy do): the lead byte and the continuation bytes that could still have been valid. */
-static size_t utf8_bad_len(const unsigned char *s, size_t n)
+ * from_utf8_lossy do): the lead byte and the continuation bytes that could still have been valid.
+ * *trunc is set when they are the valid start of a character cut short by the end of the input. */
+size_t tok_utf8_bad_len(const unsigned char *s, size_t n, int *trunc)
 {
 	unsigned c = s[0];
 	size_t need, i;
 	unsigned lo = 0x80, hi = 0xBF;
 
+	*trunc = 0;
 	if (c >= 0xC2 && c < 0xE0)
 		need = 2;
 	else if (c >= 0xE0 && c < 0xF0)
@@ -154,51 +156,28 @@ static size_t utf8_bad_len(const unsigned char *s, size_t n)
 		hi = 0x8F;
 	for (i = 1; i < need && i < n; i++) {
 		if (s[i] < lo || s[i] > hi)
-			break;
+			return i;
 		lo = 0x80;
 		hi = 0xBF;
 	}
+	*trunc = i < need;
 	return i;
-}
-
-/* A growable byte buffer local to this file. */
-struct buf {
-	char *p;
-	size_t n, cap;
-};
-
-static void buf_reserve(struct buf *b, size_t extra)
-{
-	if (b->n + extra + 1 > b->cap) {
-		size_t c = b->cap ? b->cap : 256;
-		while (c < b->n + extra + 1)
-			c *= 2;
-		b->p = sh_realloc(b->p, c);
-		b->cap = c;
-	}
-}
-
-static void buf_add(struct buf *b, const void *p, size_t n)
-{
-	buf_reserve(b, n);
-	memcpy(b->p + b->n, p, n);
-	b->n += n;
-	b->p[b->n] = '\0';
 }
 
 /* Replaces invalid UTF-8 with U+FFFD. */
 static char *utf8_lossy(const char *s, size_t n, size_t *out_len)
 {
-	struct buf b = {0};
+	struct sh_buf b = {0};
 	size_t i = 0;
-	buf_reserve(&b, n);
+	sh_buf_reserve(&b, n);
 	while (i < n) {
 		size_t ok = utf8_check((const unsigned char *)s + i, n - i);
-		buf_add(&b, s + i, ok);
+		sh_buf_add(&b, s + i, ok);
 		i += ok;
 		if (i < n) {
-			buf_add(&b, "\xEF\xBF\xBD", 3);
-			i += utf8_bad_len((const unsigned char *)s + i, n - i);
+			sh_buf_add(&b, "\xEF\xBF\xBD", 3);
+			int trunc;
+			i += tok_utf8_bad_len((const unsigned char *)s + i, n - i, &trunc);
 		}
 	}
 	*out_len = b.n;
@@ -1189,7 +1168,7 @@ fail:
 static char *read_file(const char *path, size_t cap, size_t *len, struct sh_err *err)
 {
 	FILE *f = fopen(path, "rb");
-	struct buf b = {0};
+	struct sh_buf b = {0};
 	char tmp[65536];
 	size_t n;
 
@@ -1204,7 +1183,7 @@ static char *read_file(const char *path, size_t cap, size_t *len, struct sh_err 
 			free(b.p);
 			return NULL;
 		}
-		buf_add(&b, tmp, n);
+		sh_buf_add(&b, tmp, n);
 	}
 	if (ferror(f)) {
 		sh_errf(err, "%s: read error", path);
@@ -1352,7 +1331,7 @@ struct enc {
 	struct sh_tok_ids *out;
 	struct tok_work w;
 	OnigRegion *region;
-	struct buf b;            /* rewritten text (normalizer, Metaspace, prefix space) */
+	struct sh_buf b;            /* rewritten text (normalizer, Metaspace, prefix space) */
 	struct pieces pa, pb;
 	struct span *sp;
 	size_t nsp, capsp;
@@ -1587,7 +1566,7 @@ static void encode_pretok(struct enc *e, const char *s, size_t n, int first)
 	if (tok->pre_grow > 1) {
 		/* some step rewrites the text: pieces live in e->b, addressed by offset */
 		e->b.n = 0;
-		buf_add(&e->b, s, n);
+		sh_buf_add(&e->b, s, n);
 		base = e->b.p;
 	}
 	pieces_add(&e->pa, 0, (uint32_t)n, (uint8_t)first);
@@ -1598,7 +1577,7 @@ static void encode_pretok(struct enc *e, const char *s, size_t n, int first)
 			size_t live = 0;
 			for (i = 0; i < e->pa.n; i++)
 				live += e->pa.p[i].len;
-			buf_reserve(&e->b, live * 2 * (size_t)(p->rep_len > 1 ? p->rep_len : 1) + 64);
+			sh_buf_reserve(&e->b, live * 2 * (size_t)(p->rep_len > 1 ? p->rep_len : 1) + 64);
 			base = e->b.p;
 		}
 		e->pb.n = 0;
@@ -1738,24 +1717,24 @@ static char *normalize(struct enc *e, const char *s, size_t n, size_t *out_len)
 			break;
 		}
 		case NORM_LOWER: {
-			struct buf b = {0};
+			struct sh_buf b = {0};
 			size_t i = 0;
-			buf_reserve(&b, cl + 16);
+			sh_buf_reserve(&b, cl + 16);
 			while (i < cl) {
 				int l = tok_utf8_len((const unsigned char *)in + i, cl - i);
 				char tmp[8];
 				uint32_t cp;
 				if (!l) {
-					buf_add(&b, in + i, 1);
+					sh_buf_add(&b, in + i, 1);
 					i++;
 					continue;
 				}
 				cp = tok_utf8_cp((const unsigned char *)in + i, l);
 				if (cp == 0x130) {   /* İ lowercases to i + combining dot above */
-					buf_add(&b, "i\xCC\x87", 3);
+					sh_buf_add(&b, "i\xCC\x87", 3);
 				} else {
 					int o = tok_utf8_put(tmp, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
-					buf_add(&b, tmp, (size_t)o);
+					sh_buf_add(&b, tmp, (size_t)o);
 				}
 				i += (size_t)l;
 			}
@@ -1789,9 +1768,9 @@ static char *normalize(struct enc *e, const char *s, size_t n, size_t *out_len)
 			nx[nl] = '\0';
 			break;
 		case NORM_REPLACE: {
-			struct buf b = {0};
+			struct sh_buf b = {0};
 			size_t pos = 0;
-			buf_reserve(&b, cl);
+			sh_buf_reserve(&b, cl);
 			while (pos < cl) {
 				size_t ms, me;
 				if (nm->re) {
@@ -1804,7 +1783,7 @@ static char *normalize(struct enc *e, const char *s, size_t n, size_t *out_len)
 					me = (size_t)e->region->end[0];
 					if (me == ms) {   /* an empty match replaces nothing */
 						int l = tok_utf8_len(us + ms, cl - ms);
-						buf_add(&b, in + pos, ms - pos + (size_t)(l ? l : 1));
+						sh_buf_add(&b, in + pos, ms - pos + (size_t)(l ? l : 1));
 						pos = ms + (size_t)(l ? l : 1);
 						continue;
 					}
@@ -1815,12 +1794,12 @@ static char *normalize(struct enc *e, const char *s, size_t n, size_t *out_len)
 					ms = (size_t)(h - in);
 					me = ms + nm->pat_len;
 				}
-				buf_add(&b, in + pos, ms - pos);
-				buf_add(&b, nm->with, nm->with_len);
+				sh_buf_add(&b, in + pos, ms - pos);
+				sh_buf_add(&b, nm->with, nm->with_len);
 				pos = me;
 			}
 			if (pos < cl)
-				buf_add(&b, in + pos, cl - pos);
+				sh_buf_add(&b, in + pos, cl - pos);
 			if (!b.p)
 				b.p = sh_calloc(1, 1);
 			nx = b.p;

@@ -11,64 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct sbuf {
-	char *p;
-	size_t n, cap;
-};
-
-static void sb_add(struct sbuf *b, const void *p, size_t n)
-{
-	if (b->n + n + 1 > b->cap) {
-		size_t c = b->cap ? b->cap : 128;
-		while (c < b->n + n + 1)
-			c *= 2;
-		b->p = sh_realloc(b->p, c);
-		b->cap = c;
-	}
-	memcpy(b->p + b->n, p, n);
-	b->n += n;
-	b->p[b->n] = '\0';
-}
-
 static const char FFFD[] = "\xEF\xBF\xBD";
-
-/* Bytes of the invalid subpart at s that a lossy reader replaces with one U+FFFD; sets *trunc when
- * they are the valid start of a character cut short by the end of the input. */
-static size_t bad_len(const unsigned char *s, size_t n, int *trunc)
-{
-	unsigned c = s[0], lo = 0x80, hi = 0xBF;
-	size_t need, i;
-
-	*trunc = 0;
-	if (c >= 0xC2 && c < 0xE0)
-		need = 2;
-	else if (c >= 0xE0 && c < 0xF0)
-		need = 3;
-	else if (c >= 0xF0 && c < 0xF5)
-		need = 4;
-	else
-		return 1;
-	if (c == 0xE0)
-		lo = 0xA0;
-	else if (c == 0xED)
-		hi = 0x9F;
-	else if (c == 0xF0)
-		lo = 0x90;
-	else if (c == 0xF4)
-		hi = 0x8F;
-	for (i = 1; i < need && i < n; i++) {
-		if (s[i] < lo || s[i] > hi)
-			return i;
-		lo = 0x80;
-		hi = 0xBF;
-	}
-	*trunc = i < need;
-	return i;
-}
 
 /* Appends s[0..n) to out as valid UTF-8. With hold, a truncated character at the end is not
  * written; the number of bytes consumed is returned. */
-static size_t lossy_add(struct sbuf *out, const char *s, size_t n, int hold)
+static size_t lossy_add(struct sh_buf *out, const char *s, size_t n, int hold)
 {
 	const unsigned char *u = (const unsigned char *)s;
 	size_t i = 0, run = 0;
@@ -85,17 +32,17 @@ static size_t lossy_add(struct sbuf *out, const char *s, size_t n, int hold)
 			i += (size_t)l;
 			continue;
 		}
-		bl = bad_len(u + i, n - i, &trunc);
+		bl = tok_utf8_bad_len(u + i, n - i, &trunc);
 		if (trunc && hold) {
-			sb_add(out, s + run, i - run);
+			sh_buf_add(out, s + run, i - run);
 			return i;
 		}
-		sb_add(out, s + run, i - run);
-		sb_add(out, FFFD, 3);
+		sh_buf_add(out, s + run, i - run);
+		sh_buf_add(out, FFFD, 3);
 		i += bl;
 		run = i;
 	}
-	sb_add(out, s + run, n - run);
+	sh_buf_add(out, s + run, n - run);
 	return n;
 }
 
@@ -143,14 +90,14 @@ static void step(const struct tok_dec *d, struct tl *t)
 		break;
 	case DEC_REPLACE:
 		for (i = 0; i < t->len; i++) {
-			struct sbuf b = {0};
+			struct sh_buf b = {0};
 			const char *p = t->s[i], *end = p + t->n[i], *h;
 			while ((h = memmem(p, (size_t)(end - p), d->pat, d->pat_len))) {
-				sb_add(&b, p, (size_t)(h - p));
-				sb_add(&b, d->with, d->with_len);
+				sh_buf_add(&b, p, (size_t)(h - p));
+				sh_buf_add(&b, d->with, d->with_len);
 				p = h + d->pat_len;
 			}
-			sb_add(&b, p, (size_t)(end - p));
+			sh_buf_add(&b, p, (size_t)(end - p));
 			tl_set(t, i, b.p, b.n);
 		}
 		break;
@@ -170,11 +117,11 @@ static void step(const struct tok_dec *d, struct tl *t)
 				i++;
 				continue;
 			}
-			struct sbuf b = {0};
+			struct sh_buf b = {0};
 			size_t j = i;
 			for (; j < t->len && (v = byte_token(t->s[j], t->n[j])) >= 0; j++) {
 				char c = (char)v;
-				sb_add(&b, &c, 1);
+				sh_buf_add(&b, &c, 1);
 			}
 			{
 				size_t k, ok = 1, q = 0;
@@ -209,9 +156,9 @@ static void step(const struct tok_dec *d, struct tl *t)
 		break;
 	}
 	case DEC_FUSE: {
-		struct sbuf b = {0};
+		struct sh_buf b = {0};
 		for (i = 0; i < t->len; i++) {
-			sb_add(&b, t->s[i], t->n[i]);
+			sh_buf_add(&b, t->s[i], t->n[i]);
 			free(t->s[i]);
 			t->s[i] = NULL;
 		}
@@ -246,7 +193,7 @@ static void step(const struct tok_dec *d, struct tl *t)
 		break;
 	case DEC_METASPACE:
 		for (i = 0; i < t->len; i++) {
-			struct sbuf b = {0};
+			struct sh_buf b = {0};
 			const unsigned char *u = (const unsigned char *)t->s[i];
 			size_t q = 0, n = t->n[i];
 			while (q < n) {
@@ -255,9 +202,9 @@ static void step(const struct tok_dec *d, struct tl *t)
 					l = 1;
 				if (tok_utf8_cp(u + q, l) == d->ch) {
 					if (!(i == 0 && d->prepend))
-						sb_add(&b, " ", 1);
+						sh_buf_add(&b, " ", 1);
 				} else {
-					sb_add(&b, u + q, (size_t)l);
+					sh_buf_add(&b, u + q, (size_t)l);
 				}
 				q += (size_t)l;
 			}
@@ -270,14 +217,14 @@ static void step(const struct tok_dec *d, struct tl *t)
 }
 
 static void decode_into(const struct sh_tok *tok, const int32_t *ids, size_t n, int flags,
-			struct sbuf *out)
+			struct sh_buf *out)
 {
 	if (tok->bytelevel) {
-		struct sbuf raw = {0};
+		struct sh_buf raw = {0};
 		for (size_t i = 0; i < n; i++) {
 			if ((flags & SH_TOK_SKIP_SPECIAL) && (tok->flags[ids[i]] & TOKF_SPECIAL))
 				continue;
-			sb_add(&raw, tok->bytes[ids[i]], tok->bytes_len[ids[i]]);
+			sh_buf_add(&raw, tok->bytes[ids[i]], tok->bytes_len[ids[i]]);
 		}
 		lossy_add(out, raw.p ? raw.p : "", raw.n, 0);
 		free(raw.p);
@@ -298,7 +245,7 @@ static void decode_into(const struct sh_tok *tok, const int32_t *ids, size_t n, 
 		step(&tok->dec[k], &t);
 	for (size_t i = 0; i < t.len; i++) {
 		if (i && !tok->ndec)
-			sb_add(out, " ", 1);
+			sh_buf_add(out, " ", 1);
 		lossy_add(out, t.s[i], t.n[i], 0);
 		free(t.s[i]);
 	}
@@ -315,7 +262,7 @@ static int check_ids(const struct sh_tok *tok, const int32_t *ids, size_t n, str
 }
 
 /* transformers' clean_up_tokenization, the same replacements in the same order. */
-static void cleanup(struct sbuf *b)
+static void cleanup(struct sh_buf *b)
 {
 	static const char *const from[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's",
 					   " 've", " 're"};
@@ -341,7 +288,7 @@ static void cleanup(struct sbuf *b)
 char *sh_tok_decode(const struct sh_tok *tok, const int32_t *ids, size_t n, int flags,
 		    size_t *out_len, struct sh_err *err)
 {
-	struct sbuf out = {0};
+	struct sh_buf out = {0};
 
 	if (check_ids(tok, ids, n, err))
 		return NULL;
@@ -360,8 +307,8 @@ char *sh_tok_decode(const struct sh_tok *tok, const int32_t *ids, size_t n, int 
 struct sh_tok_stream {
 	const struct sh_tok *tok;
 	int flags;
-	struct sbuf out;       /* what the last call returns */
-	struct sbuf scratch;
+	struct sh_buf out;       /* what the last call returns */
+	struct sh_buf scratch;
 	char pend[8];          /* byte-level: an incomplete character held back */
 	size_t npend;
 	struct sh_tok_ids ids; /* general chains: the ids so far */
@@ -400,7 +347,7 @@ static int is_byte_tok(const struct sh_tok *tok, int32_t id)
 static void stream_general(struct sh_tok_stream *st, int final)
 {
 	const struct sh_tok *tok = st->tok;
-	struct sbuf full = {0};
+	struct sh_buf full = {0};
 	size_t j = st->ids.n;
 	int has_fb = 0, strip_ok = 1;
 	int32_t last;
@@ -417,7 +364,7 @@ static void stream_general(struct sh_tok_stream *st, int final)
 	if (j > st->start)
 		decode_into(tok, st->ids.ids + st->start, j - st->start, st->flags, &full);
 	if (full.n > st->emitted) {
-		sb_add(&st->out, full.p + st->emitted, full.n - st->emitted);
+		sh_buf_add(&st->out, full.p + st->emitted, full.n - st->emitted);
 		st->emitted = full.n;
 	}
 	free(full.p);
@@ -453,15 +400,15 @@ const char *sh_tok_stream_push(struct sh_tok_stream *st, int32_t id, size_t *len
 		/* the held bytes (a cut character, under 4 bytes) followed by this token's */
 		size_t used;
 		st->scratch.n = 0;
-		sb_add(&st->scratch, st->pend, st->npend);
-		sb_add(&st->scratch, tok->bytes[id], tok->bytes_len[id]);
+		sh_buf_add(&st->scratch, st->pend, st->npend);
+		sh_buf_add(&st->scratch, tok->bytes[id], tok->bytes_len[id]);
 		used = lossy_add(&st->out, st->scratch.p, st->scratch.n, 1);
 		st->npend = st->scratch.n - used;
 		SH_BUG_ON(st->npend >= sizeof(st->pend));
 		memcpy(st->pend, st->scratch.p + used, st->npend);
 	}
 	if (!st->out.p)
-		sb_add(&st->out, "", 0);
+		sh_buf_add(&st->out, "", 0);
 	*len = st->out.n;
 	return st->out.p;
 }
@@ -476,7 +423,7 @@ const char *sh_tok_stream_finish(struct sh_tok_stream *st, size_t *len)
 		st->npend = 0;
 	}
 	if (!st->out.p)
-		sb_add(&st->out, "", 0);
+		sh_buf_add(&st->out, "", 0);
 	*len = st->out.n;
 	return st->out.p;
 }

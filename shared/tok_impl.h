@@ -165,6 +165,7 @@ int tok_char_byte(uint32_t cp);      /* the byte a character stands for, or -1 *
 
 /* UTF-8: length of the valid sequence at s (1..4), or 0 when invalid/incomplete there. */
 int tok_utf8_len(const unsigned char *s, size_t n);
+size_t tok_utf8_bad_len(const unsigned char *s, size_t n, int *trunc);
 /* Decodes one valid character (as checked by tok_utf8_len). */
 uint32_t tok_utf8_cp(const unsigned char *s, int len);
 int tok_utf8_put(char *out, uint32_t cp);
