@@ -29,6 +29,8 @@ wait_port() {
 	done
 }
 
+BALKEY=""
+[ -n "${BAL:-}" ] && BALKEY="\"route_balance_abs\": $BAL,"
 run() {  # run POLICY: prints "hits queries ttft-json"
 	policy=$1
 	PIDS=""
@@ -39,7 +41,7 @@ run() {  # run POLICY: prints "hits queries ttft-json"
 	done
 	cat >"$T/kvgate.conf" <<CONF
 { "listen": "", "listen_plain": "127.0.0.1:$PG", "access_log": "",
-  "route_policy": "$policy", ${BAL:+"route_balance_abs": $BAL,}
+  "route_policy": "$policy", $BALKEY
   "users": [{"name": "bench", "key_sha256": "$("$B/bin/kvgate" hash-key "$KEY")", "max_concurrent": 64}],
   "pools": [{"name": "default", "upstreams": ["127.0.0.1:$P1", "127.0.0.1:$P2"], "model": "$NAME",
              "tokenizer": "$MODEL"}] }
