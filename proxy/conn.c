@@ -19,6 +19,8 @@
 
 /* Input kept while a request is being answered: pipelined bytes beyond this stop reading. */
 #define CONN_INPUT_HIGH (256 * 1024)
+/* Bytes per read() or write() on a client connection. */
+#define CONN_IO_MAX (128 * 1024)
 
 static void conn_parse(struct px_conn *c);
 
@@ -193,6 +195,10 @@ void px_conn_accept(struct px_server *srv, int fd, const struct sockaddr *sa, in
 	c->timer = evtimer_new(srv->base, conn_timer_cb, c);
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_INPUT_HIGH);
+	/* libevent reads and writes at most 16 KB per call by default: a long prompt takes several
+	 * trips through the loop. */
+	bufferevent_set_max_single_read(c->bev, CONN_IO_MAX);
+	bufferevent_set_max_single_write(c->bev, CONN_IO_MAX);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	/* The first request must start within the header timeout. */
 	arm_timer(c, cf->header_timeout_ms);

@@ -136,6 +136,9 @@ struct px_upconn *px_upconn_get(struct px_upstream *up)
 		return NULL;
 	}
 	px_forward_setup(uc);
+	/* a long prompt in one write, a burst of events in one read (libevent's default is 16 KB) */
+	bufferevent_set_max_single_read(uc->bev, 128 * 1024);
+	bufferevent_set_max_single_write(uc->bev, 128 * 1024);
 	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&up->sa, up->salen) < 0) {
 		bufferevent_free(uc->bev);
 		sh_http_msg_release(&uc->msg);
