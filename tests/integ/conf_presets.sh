@@ -10,7 +10,6 @@ ENGINE=$KV_BUILD/bin/kvgate-engine
 MODEL=models/kvgate-tiny-coder
 T=$KV_TMP
 [ -x "$ENGINE" ] || kv_die "no $ENGINE"
-J() { node -e 'const fs=require("fs");const j=JSON.parse(fs.readFileSync(process.argv[1],"utf8"));const v=eval(process.argv[2]);process.stdout.write(typeof v==="string"?v:JSON.stringify(v))' "$1" "$2"; }
 args() { KVGATE_ENGINE_PRINT_ARGS=1 "$ENGINE" serve "$MODEL" "$@"; }
 
 # ---- each preset: the flags its comment promises ----
@@ -34,7 +33,7 @@ for preset in long-context:8192:fp8 max-saving:2048:int8; do
 		--threads 1 --kv-cache-memory 16M
 	kv_wait_port "$P" "$KV_BG_PID" 20000
 	curl -s "http://127.0.0.1:$P/v1/models" >"$T/models"
-	kv_eq "$name: /v1/models max_model_len" "$len" "$(J "$T/models" 'j.data[0].max_model_len')"
+	kv_eq "$name: /v1/models max_model_len" "$len" "$(kv_jval "$T/models" 'j.data[0].max_model_len')"
 	curl -s "http://127.0.0.1:$P/metrics" >"$T/metrics"
 	kv_file_has "$name: cache_dtype $dt" "^vllm:cache_config_info\{.*cache_dtype=\"$dt\"" "$T/metrics"
 	kill "$KV_BG_PID"
@@ -44,7 +43,7 @@ kv_bg engine-override "$ENGINE" serve "$MODEL" --config conf/engine/long-context
 	--kv-cache-dtype int8 --host 127.0.0.1 --port "$P" --threads 1 --kv-cache-memory 16M
 kv_wait_port "$P" "$KV_BG_PID" 20000
 curl -s "http://127.0.0.1:$P/v1/models" >"$T/models"
-kv_eq "override: max_model_len" 1024 "$(J "$T/models" 'j.data[0].max_model_len')"
+kv_eq "override: max_model_len" 1024 "$(kv_jval "$T/models" 'j.data[0].max_model_len')"
 curl -s "http://127.0.0.1:$P/metrics" >"$T/metrics"
 kv_file_has "override: cache_dtype int8" '^vllm:cache_config_info\{.*cache_dtype="int8"' "$T/metrics"
 kill "$KV_BG_PID"

@@ -177,6 +177,32 @@ kv_start_kvup() {
 	eval "$var=$_kvport"
 }
 
+# kv_start_engine VAR [flags...]: kvgate-engine serve on the tiny test model (KV_ENGINE_MODEL) on a
+# free port (into VAR), one thread; STEP_MS slows each scheduler step (for timing tests).
+KV_ENGINE=$KV_BUILD/bin/kvgate-engine
+KV_ENGINE_MODEL=tests/data/engine_tiny
+kv_start_engine() {
+	[ -x "$KV_ENGINE" ] || kv_die "no $KV_ENGINE: build it first (make)"
+	_v=$1
+	shift
+	kv_port _p
+	kv_bg "engine-$_p" env KVGATE_ENGINE_STEP_DELAY_MS="${STEP_MS:-0}" "$KV_ENGINE" serve "$KV_ENGINE_MODEL" \
+		--host 127.0.0.1 --port "$_p" --served-model-name tiny --threads 1 "$@"
+	kv_wait_port "$_p" "$KV_BG_PID" 10000
+	eval "$_v=$_p"
+}
+
+# kv_post PORT PATH BODY OUT: POST a JSON body to 127.0.0.1:PORT; the answer in OUT; prints the status
+# (KV_POST_MAX seconds at most, 30 by default).
+kv_post() { curl -sS --max-time "${KV_POST_MAX:-30}" -o "$4" -w '%{http_code}' -H 'content-type: application/json' \
+	"http://127.0.0.1:$1$2" -d "$3" 2>"$4.err"; }
+
+# kv_engine_metric PORT NAME: the first sample of NAME in the engine's /metrics.
+kv_engine_metric() { curl -s "http://127.0.0.1:$1/metrics" | sed -n "s/^$2{[^}]*} \([0-9.e+-]*\)$/\1/p" | head -n 1; }
+
+# kv_jval FILE EXPR: JS expression over j, the JSON in FILE: strings as they are, anything else as JSON.
+kv_jval() { node -e 'const fs=require("fs");const j=JSON.parse(fs.readFileSync(process.argv[1],"utf8"));const v=eval(process.argv[2]);process.stdout.write(typeof v==="string"?v:JSON.stringify(v))' "$1" "$2"; }
+
 # kv_certs DIR: a local CA and a server certificate for 127.0.0.1 in DIR (tools/mkcert.sh).
 kv_certs() {
 	sh "$KV_ROOT/tools/mkcert.sh" "$1" >/dev/null || kv_die "tools/mkcert.sh $1 failed"
