@@ -3,9 +3,12 @@
  * ms/step and tokens/s at batch 1, 8, 32 with 512 and 8192 tokens of context; time to first token
  * of a 2048-token prompt; bytes one step reads (weights of the experts a uniform router touches +
  * the KV cache) over the measured device-to-device copy bandwidth (% of roofline).
- * Usage: cuda_decode [--quick | --profile B]. Prints a table; the notes are bench/NOTES-cuda.md.
+ * Usage: cuda_decode [--quick | --profile B | --optime]. Prints a table; the notes are bench/NOTES-cuda.md.
+ * --optime: where the time goes, op by op (bench/optime.c), for a 2048-token prefill and decode
+ * steps at batch 1 and 8 (bf16 KV, 512 context), plus the bf16 matrix rate cuBLAS reaches.
  * --profile B: bf16 KV, batch B at 512 context only, one step after the warm-up between
  * cudaProfilerStart/Stop, every op launched one by one (for ncu --profile-from-start off). */
+#include <cublas_v2.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -19,6 +22,9 @@
 #include "engine/model.h"
 
 int bench_fill_bf16(void *p, size_t n, unsigned long long seed, float scale);
+struct eng_backend *optime_wrap(struct eng_backend *in);
+void optime_reset(struct eng_backend *be);
+void optime_print(struct eng_backend *be, const char *title, int reps);
 
 static const char *CONFIG = "{\"architectures\":[\"DeepseekV2ForCausalLM\"],\"model_type\":\"deepseek_v2\","
 	"\"vocab_size\":102400,\"hidden_size\":2048,\"intermediate_size\":10944,\"moe_intermediate_size\":1408,"
@@ -158,10 +164,105 @@ static double copy_bandwidth(void)
 	return 2.0 * n * 10 / t;
 }
 
+/* The bf16 matrix rate cuBLAS reaches here (bf16 in, fp32 accumulate and out, as the prefill GEMMs
+ * run): the ceiling the prefill is compared with. */
+static double matrix_rate(void)
+{
+	int M = 8192, N = 8192, K = 8192;
+	void *a = dev((size_t)M * K * 2), *b = dev((size_t)N * K * 2), *c = dev((size_t)M * N * 4);
+	bench_fill_bf16(a, (size_t)M * K, 7, 0.01f);
+	bench_fill_bf16(b, (size_t)N * K, 8, 0.01f);
+	cublasHandle_t h;
+	cublasCreate(&h);
+	float one = 1.0f, zero = 0.0f;
+	double best = 1e30;
+	for (int r = 0; r < 6; r++) {
+		cudaDeviceSynchronize();
+		double t = now();
+		cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, &one, a, CUDA_R_16BF, K, b, CUDA_R_16BF, K, &zero, c,
+			     CUDA_R_32F, M, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+		cudaDeviceSynchronize();
+		t = now() - t;
+		best = t < best ? t : best;
+	}
+	cublasDestroy(h);
+	be->release(be, a), be->release(be, b), be->release(be, c);
+	return 2.0 * M * N * K / best;
+}
+
+/* --optime: op-by-op time of a 2048-token prefill and of decode steps at batch 1 and 8 */
+static int run_optime(struct eng_model *m)
+{
+	struct sh_err err;
+	struct eng_kv_shape shape;
+	eng_model_kv_shape(m, &shape);
+	struct eng_kv *kv = eng_kv_new(be, ENG_KV_BF16, &shape, 8 * 160 + 8, &err);
+	if (!kv) {
+		fprintf(stderr, "kv: %s\n", err.msg);
+		return 2;
+	}
+	struct eng_backend *t = optime_wrap(be);
+	m->be = t;
+	const struct eng_config *c = &m->cfg;
+	float *logits = malloc(sizeof(float) * 8 * c->vocab);
+	int n = 2048;
+	int32_t *tid = malloc(sizeof(int32_t) * n), *tp = malloc(sizeof(int32_t) * n), *ts = calloc(n, 4);
+	for (int i = 0; i < n; i++)
+		tid[i] = (i * 31 + 7) % c->vocab, tp[i] = i;
+	for (int r = 0; r < 2; r++) {
+		struct eng_kv_seq s1, *s1p = &s1;
+		eng_kv_seq_init(&s1);
+		if (eng_kv_seq_prepare(kv, &s1, 0, n, &err))
+			return 2;
+		struct eng_batch b = {n, tid, tp, ts, &s1p, 1, NULL};
+		optime_reset(t);
+		double t1 = now();
+		if (eng_model_forward(m, kv, &b, logits, &err))
+			return 2;
+		if (r)
+			printf("\nprefill 2048: %.1f ms with every op waited for", (now() - t1) * 1e3);
+		eng_kv_seq_release(kv, &s1);
+	}
+	optime_print(t, "prefill of 2048 tokens", 1);
+	int Bs[2] = {1, 8};
+	for (int bi = 0; bi < 2; bi++) {
+		int B = Bs[bi], reps = 4;
+		struct eng_kv_seq seqs[8], *sp[8];
+		int32_t ids[8], ps[8], sx[8];
+		uint8_t want[8];
+		for (int s = 0; s < B; s++) {
+			eng_kv_seq_init(&seqs[s]);
+			sp[s] = &seqs[s];
+			if (eng_kv_seq_prepare(kv, &seqs[s], 0, 513 + reps, &err))
+				return 2;
+		}
+		for (int st = 0; st <= reps; st++) {
+			for (int s = 0; s < B; s++)
+				ids[s] = (s * 7919 + st) % c->vocab, ps[s] = 512 + st, sx[s] = s, want[s] = 1;
+			struct eng_batch b = {B, ids, ps, sx, sp, B, want};
+			if (st == 1)
+				optime_reset(t);
+			if (eng_model_forward(m, kv, &b, logits, &err))
+				return 2;
+		}
+		char title[64];
+		snprintf(title, sizeof(title), "decode step, batch %d, 512 context", B);
+		optime_print(t, title, reps);
+		for (int s = 0; s < B; s++)
+			eng_kv_seq_release(kv, &seqs[s]);
+	}
+	m->be = be;
+	t->free(t);
+	eng_kv_free(kv);
+	free(logits), free(tid), free(tp), free(ts);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int quick = argc > 1 && !strcmp(argv[1], "--quick");
 	int prof = argc > 2 && !strcmp(argv[1], "--profile") ? atoi(argv[2]) : 0;
+	int optime = argc > 1 && !strcmp(argv[1], "--optime");
 	quick |= prof > 0;
 	struct sh_err err;
 	be = eng_cuda_new(0, &err);
@@ -172,7 +273,9 @@ int main(int argc, char **argv)
 	char desc[256];
 	eng_cuda_describe(be, desc, sizeof(desc));
 	double bw = copy_bandwidth();
-	printf("device: %s; device-to-device copy %.0f GB/s\n", desc, bw / 1e9);
+	double mrate = matrix_rate();
+	printf("device: %s; device-to-device copy %.0f GB/s; bf16 matrix rate (cuBLAS 8192^3) %.0f TFLOP/s\n", desc,
+	       bw / 1e9, mrate / 1e12);
 	double t0 = now();
 	struct eng_model *m = build(2048);
 	const struct eng_config *c = &m->cfg;
@@ -184,6 +287,8 @@ int main(int argc, char **argv)
 	printf("bf16 weight bytes per decode step: batch 1 %.2f GB, 8 %.2f GB, 32 %.2f GB (lm_head included)\n",
 	       step_weight_bytes(c, 1) / 1e9, step_weight_bytes(c, 8) / 1e9, step_weight_bytes(c, 32) / 1e9);
 
+	if (optime)
+		return run_optime(m);
 	struct eng_kv_shape shape;
 	eng_model_kv_shape(m, &shape);
 	int fmts[3] = {ENG_KV_BF16, ENG_KV_FP8, ENG_KV_INT8};
@@ -293,12 +398,15 @@ int main(int argc, char **argv)
 				best = t < best ? t : best;
 				eng_kv_seq_release(kv, &s1);
 			}
-			/* matrix work: 2 * tokens * active parameters (6 routed experts each) */
+			/* matrix work: 2 * tokens * active parameters (6 routed experts each), plus causal
+			 * attention (q.k over qk_nope + qk_rope, p.v over v_head_dim, half the n x n square) */
 			double act = step_weight_bytes(c, 1) / 2 - (double)c->vocab * c->hidden;
-			double tf = 2.0 * n * act / best / 1e12;
-			printf("%-5s TTFT 2048-token prompt: %.1f ms (%.0f TFLOP/s on the active weights, lm_head for the last "
-			       "token only)\n",
-			       eng_kv_fmt_name(fmts[fi]), best * 1e3, tf);
+			double att = (double)c->n_layers * c->n_heads * n * (double)n *
+				     (c->qk_nope_dim + c->qk_rope_dim + c->v_head_dim);
+			double tf = (2.0 * n * act + att) / best;
+			printf("%-5s TTFT 2048-token prompt: %.1f ms (%.0f TFLOP/s on the active weights and attention = %.1f%% of "
+			       "the matrix rate)\n",
+			       eng_kv_fmt_name(fmts[fi]), best * 1e3, tf / 1e12, 100.0 * tf / mrate);
 			free(tid), free(tp), free(ts);
 		}
 		be->release(be, rows_d);

@@ -3,7 +3,8 @@
 # build/cuda-carry here and it travelled: the op-by-op harness, the golden models on CUDA, the
 # decode bench, then compute-sanitizer (memcheck) over the quick harness. Logs go to $LOG
 # (default $OUT, else /tmp). Exit status: non-zero if a check failed.
-#   sh tests/cuda/run.sh [ops|golden|bench|sanitize ...]   (default: all four)
+#   sh tests/cuda/run.sh [ops|golden|bench|sanitize|optime ...]   (default: the first four)
+# optime: where a prefill's and a decode step's time goes, op by op (bench_cuda_decode --optime).
 D=build/cuda-carry
 LOG=${LOG:-${OUT:-/tmp}}
 mkdir -p "$LOG"
@@ -19,6 +20,7 @@ for w in $what; do
 	ops) "$D/test_cuda_ops" >"$LOG/ops.log" 2>&1; s=$?; cat "$LOG/ops.log" ;;
 	golden) "$D/test_cuda_golden" >"$LOG/golden.log" 2>&1; s=$?; cat "$LOG/golden.log" ;;
 	bench) "$D/bench_cuda_decode" >"$LOG/bench.log" 2>&1; s=$?; cat "$LOG/bench.log" ;;
+	optime) "$D/bench_cuda_decode" --optime >"$LOG/optime.log" 2>&1; s=$?; cat "$LOG/optime.log" ;;
 	sanitize) timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$D/test_cuda_ops" --quick \
 		>"$LOG/sanitize.log" 2>&1; s=$?; tail -5 "$LOG/sanitize.log" ;;
 	esac
