@@ -214,8 +214,8 @@ static void check_matmul(int rows, int cols, int n, enum eng_dtype dt, int bias,
 	char shape[96];
 	snprintf(shape, sizeof(shape), "%s W(%d,%d) n=%d%s", eng_dtype_name(dt), rows, cols, n, bias ? " +bias" : "");
 	/* n > 8 in fast mode rounds activations to the weights' 16-bit type (cuBLAS), and so does the
-	 * tensor-core GEMV for bf16 at n = 2..8 (whole 32-column chunks) */
-	int mma = dt == ENG_DT_BF16 && n >= 2 && n <= 8 && cols % 32 == 0;
+	 * tensor-core GEMV for bf16 at n = 1..8 (whole 32-column chunks) */
+	int mma = dt == ENG_DT_BF16 && n <= 8 && cols % 32 == 0;
 	double bound = dt == ENG_DT_F32 || (n <= 8 && !mma) ? 1e-10 : dt == ENG_DT_BF16 ? 3e-5 : 3e-6;
 	report("matmul", shape, e, bound, us, (double)rows * cols * es + (double)n * (cols + rows) * 4);
 	twin_free(&W), twin_free(&X), twin_free(&Y), twin_free(&B);
@@ -545,21 +545,69 @@ static void check_gqa_gather(enum eng_kv_fmt fmt)
 	kvpair_free(&k);
 }
 
-static void check_dense(void)
+struct dense_run {
+	struct twin *q, *k, *v, *o;
+	const int32_t *pos;
+	int n, ctx, nh, dq, dv;
+	float scale;
+};
+
+static void dense_go(void *p)
 {
-	int n = 37, ctx = 37, nh = 16, dq = 192, dv = 128;
-	float *qf = rand_f32((size_t)n * nh * dq, 0.3f), *kf = rand_f32((size_t)ctx * nh * dq, 1.0f);
-	float *vf = rand_f32((size_t)ctx * nh * dv, 1.0f);
-	struct twin Q = twin_new(qf, (size_t)n * nh * dq * 4), K = twin_new(kf, (size_t)ctx * nh * dq * 4);
-	struct twin V = twin_new(vf, (size_t)ctx * nh * dv * 4), O = twin_new(NULL, (size_t)n * nh * dv * 4);
-	int32_t pos[37];
-	for (int i = 0; i < n; i++)
-		pos[i] = i;
-	cpu->attn_dense(cpu, Q.h, pos, n, K.h, V.h, ctx, nh, dq, dv, 0.1147f, O.h);
-	poison(&O);
-	gpu->attn_dense(gpu, Q.d, pos, n, K.d, V.d, ctx, nh, dq, dv, 0.1147f, O.d);
-	report("attn_dense", "n=37 16h dq192 dv128 causal", nmse_of(O.h, O.d, (size_t)n * nh * dv), 1e-10, 0, 0);
-	twin_free(&Q), twin_free(&K), twin_free(&V), twin_free(&O), free(qf), free(kf), free(vf);
+	struct dense_run *r = p;
+	gpu->attn_dense(gpu, r->q->d, r->pos, r->n, r->k->d, r->v->d, r->ctx, r->nh, r->dq, r->dv, r->scale, r->o->d);
+}
+
+/* Dense causal attention (the naive MLA prefill's shape: 16 heads, dq 192, dv 128): n queries at
+ * the last n of ctx positions (n < ctx: a chunk continuing a prompt), one token, odd lengths; the
+ * cuBLAS path and exact mode's SIMT kernel. */
+static void check_dense(int quick)
+{
+	static const struct {
+		int n, ctx, exact, timed;
+	} cases[] = {
+		{37, 37, 0, 0}, {300, 300, 0, 0}, {100, 300, 0, 0}, {1, 1, 0, 0},
+		{1, 517, 0, 0}, {37, 37, 1, 0},   {2048, 2048, 0, 1},
+	};
+	int nh = 16, dq = 192, dv = 128;
+	float scale = 0.1147f;
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		int n = cases[c].n, ctx = cases[c].ctx, exact = cases[c].exact, timed = cases[c].timed;
+		if (timed && quick)
+			continue;
+		float *qf = rand_f32((size_t)n * nh * dq, 1.0f), *kf = rand_f32((size_t)ctx * nh * dq, 1.0f);
+		float *vf = rand_f32((size_t)ctx * nh * dv, 1.0f);
+		struct twin Q = twin_new(qf, (size_t)n * nh * dq * 4), K = twin_new(kf, (size_t)ctx * nh * dq * 4);
+		struct twin V = twin_new(vf, (size_t)ctx * nh * dv * 4), O = twin_new(NULL, (size_t)n * nh * dv * 4);
+		int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
+		for (int i = 0; i < n; i++)
+			pos[i] = ctx - n + i;
+		cpu->attn_dense(cpu, Q.h, pos, n, K.h, V.h, ctx, nh, dq, dv, scale, O.h);
+		eng_cuda_set_exact(gpu, exact);
+		poison(&O);
+		gpu->attn_dense(gpu, Q.d, pos, n, K.d, V.d, ctx, nh, dq, dv, scale, O.d);
+		double e = nmse_of(O.h, O.d, (size_t)n * nh * dv), us = 0;
+		if (timed) {
+			struct dense_run r = {&Q, &K, &V, &O, pos, n, ctx, nh, dq, dv, scale};
+			us = time_us(dense_go, &r, 20);
+		}
+		eng_cuda_set_exact(gpu, 0);
+		char shape[96];
+		snprintf(shape, sizeof(shape), "n=%d ctx=%d 16h dq192 dv128 %s", n, ctx, exact ? "simt" : "cublas");
+		/* SIMT: summation order only. cuBLAS: q, k, v and the probabilities rounded to bf16 (8
+		 * significant bits: relative error up to 2^-8, rms ~1.6e-3), fp32 accumulation. An output
+		 * sum_j p_j v_j whose terms carry independent relative errors (of p_j and of v_j) has an NMSE
+		 * of about the sum of their mean squares, 2 * 2.5e-6, whatever the attention's sharpness;
+		 * rounding q and k moves the logits by ~1.2e-3 rms here (scale 0.1147 times 192 products of
+		 * uniform values), another ~1.4e-6. Expected ~6e-6; bound 1e-4 (15x margin), while one key
+		 * masked wrongly costs ~1/nk (2e-3 at 517 keys) and a misplaced head ~1. */
+		double bound = exact ? 1e-10 : 1e-4;
+		/* bytes: the op's fp32 operands, read and written once (what no implementation avoids) */
+		double bytes = 4.0 * ((double)n + ctx) * nh * (dq + dv);
+		report("attn_dense", shape, e, bound, us, bytes);
+		twin_free(&Q), twin_free(&K), twin_free(&V), twin_free(&O);
+		free(qf), free(kf), free(vf), free(pos);
+	}
 }
 
 /* ---- MoE ---- */
@@ -638,18 +686,24 @@ static void check_moe(int n, int timed)
 		}
 	struct twin X = twin_new(xf, (size_t)n * dim * 4), O = twin_new(of, (size_t)n * dim * 4);
 	struct twin Ix = twin_new(idx, sizeof(int32_t) * n * K), Wt = twin_new(wt, sizeof(float) * n * K);
-	float *scr = cpu->alloc(cpu, eng_backend_moe_scratch(n, dim, I) * 4);
-	cpu->moe_ffn(cpu, X.h, n, dim, Ix.h, Wt.h, K, E, gh, uh, dh, O.h, scr);
+	/* the CPU reference on the first nc tokens only (tokens are independent; the GPU runs all n) */
+	int nc = n < 320 ? n : 320;
+	float *scr = cpu->alloc(cpu, eng_backend_moe_scratch(nc, dim, I) * 4);
+	cpu->moe_ffn(cpu, X.h, nc, dim, Ix.h, Wt.h, K, E, gh, uh, dh, O.h, scr);
 	gpu->moe_ffn(gpu, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, O.d, NULL);
-	double e = nmse_of(O.h, O.d, (size_t)n * dim);
+	double e = nmse_of(O.h, O.d, (size_t)nc * dim);
 	double us = 0;
 	if (timed) {
 		struct moe_run r = {&X, &Ix, &Wt, &O, gd, ud, dd, n, dim, K, E};
 		us = time_us(moe_go, &r, 20);
 	}
 	char w[80];
-	snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d experts)", n, nt);
-	report("moe_ffn", w, e, n > 32 ? 3e-5 : 1e-10, us, (double)nt * per * 3 * 2);
+	if (nc < n)
+		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d exp, %d chk)", n, nt, nc);
+	else
+		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d experts)", n, nt);
+	/* fast mode rounds activations to bf16 at every expert matmul (tensor cores, decode and prefill) */
+	report("moe_ffn", w, e, 3e-5, us, (double)nt * per * 3 * 2);
 	cpu->release(cpu, scr);
 	twin_free(&X), twin_free(&O), twin_free(&Ix), twin_free(&Wt), twin_free(&W);
 	free(gh), free(uh), free(dh), free(gd), free(ud), free(dd);
@@ -702,7 +756,7 @@ int main(int argc, char **argv)
 	check_matmul_heads(3, 100, 72, 11, 80, ENG_DT_BF16, 0);
 	check_matmul_heads(5, 33, 50, 3, 57, ENG_DT_F16, 0);
 	check_matmul_heads(4, 64, 40, 9, 40, ENG_DT_F32, 0);
-	check_dense();
+	check_dense(quick);
 	check_route(64, 6, 0);
 	check_route(8, 3, 1);
 	for (int f = ENG_KV_F32; f < ENG_KV_NFMT; f++)
@@ -727,6 +781,9 @@ int main(int argc, char **argv)
 	check_moe(1, 1);
 	check_moe(8, 1);
 	check_moe(40, 1);
+	check_moe(300, 1); /* prefill: grouped GEMMs */
+	if (!quick)
+		check_moe(2048, 1); /* a 2048-token prefill at DeepSeek-Coder-V2-Lite's shape, timed */
 	printf("%d of %d checks failed\n", fails, checks);
 	gpu->free(gpu);
 	cpu->free(cpu);

@@ -4,6 +4,7 @@
 __global__ void add_kernel(float *y, const float *x, size_t n)
 {
 	size_t stride = (size_t)gridDim.x * blockDim.x, i0 = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+	cu_pdl_wait();
 	if (((uintptr_t)y | (uintptr_t)x) % 16 == 0) {
 		size_t n4 = n / 4;
 		for (size_t i = i0; i < n4; i += stride) {
@@ -24,6 +25,5 @@ void cu_add(struct eng_backend *be, float *y, const float *x, size_t n)
 	if (!n)
 		return;
 	int blocks = (int)SH_MIN((n / 4 + 255) / 256 + 1, (size_t)4096);
-	add_kernel<<<blocks, 256, 0, CU(be)->st>>>(y, x, n);
-	CU_LAUNCHED();
+	cu_launch(CU(be), add_kernel, blocks, 256, 0, y, x, n);
 }

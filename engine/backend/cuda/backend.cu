@@ -275,11 +275,50 @@ static void cu_to_host(struct eng_backend *be, void *dst, const void *src, size_
 	CU_CHECK(cudaStreamSynchronize(c->st));
 }
 
+/* rows x w elements of T, pitches in elements: a grid-stride loop over the rows * w elements, each
+ * thread stepping its (row, column) by the stride without a division per element */
+template <typename T>
+__global__ void copy2d_kernel(T *dst, size_t dpitch, const T *src, size_t spitch, size_t w, size_t total)
+{
+	size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+	if (t >= total)
+		return;
+	size_t r = t / w, col = t % w, sr = step / w, sc = step % w;
+	for (; t < total; t += step) {
+		dst[r * dpitch + col] = src[r * spitch + col];
+		r += sr, col += sc;
+		if (col >= w)
+			r++, col -= w;
+	}
+}
+
+template <typename T>
+static void copy2d_launch(struct cu *c, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+			  size_t rows)
+{
+	size_t w = width / sizeof(T), total = w * rows;
+	int blocks = (int)SH_MIN((total + 255) / 256, (size_t)4096);
+	copy2d_kernel<T><<<blocks, 256, 0, c->st>>>((T *)dst, dpitch / sizeof(T), (const T *)src, spitch / sizeof(T), w,
+						     total);
+	CU_LAUNCHED();
+}
+
+/* A kernel, not cudaMemcpy2DAsync: that takes ~20 us for the prefill's narrow rows (64 floats by
+ * 2048 rows). 16-byte elements when the pointers, pitches and width allow, else 4-byte, else bytes.
+ * No allocation and no sync: recorded decode steps use it. */
 static void cu_copy2d(struct eng_backend *be, void *dst, size_t dpitch, const void *src, size_t spitch,
 		      size_t width, size_t rows)
 {
-	if (width && rows)
-		CU_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, CU(be)->st));
+	if (!width || !rows)
+		return;
+	struct cu *c = CU(be);
+	size_t a = (size_t)(uintptr_t)dst | (size_t)(uintptr_t)src | dpitch | spitch | width;
+	if (a % 16 == 0)
+		copy2d_launch<uint4>(c, dst, dpitch, src, spitch, width, rows);
+	else if (a % 4 == 0)
+		copy2d_launch<uint32_t>(c, dst, dpitch, src, spitch, width, rows);
+	else
+		copy2d_launch<uint8_t>(c, dst, dpitch, src, spitch, width, rows);
 }
 
 static void cu_zero(struct eng_backend *be, void *p, size_t n)
@@ -289,6 +328,10 @@ static void cu_zero(struct eng_backend *be, void *p, size_t n)
 }
 
 /* ---- lifecycle ---- */
+
+__global__ void pdl_probe_kernel(void)
+{
+}
 
 static void cu_free(struct eng_backend *be)
 {
@@ -360,6 +403,12 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	CU_CHECK(cudaEventCreateWithFlags(&c->step.copied, cudaEventDisableTiming));
 	const char *ex = getenv("KVGATE_CUDA_EXACT");
 	c->exact = ex && *ex == '1';
+	/* PDL only where the kernels running were compiled for sm_90+ (their waits are compiled in:
+	 * a binary JIT-compiled from older PTX has none, and overlapping its kernels would race) */
+	cudaFuncAttributes fa;
+	const char *pd = getenv("KVGATE_CUDA_PDL");
+	c->pdl = c->prop.major >= 9 && !(pd && *pd == '0') && cudaFuncGetAttributes(&fa, pdl_probe_kernel) == cudaSuccess &&
+		 fa.ptxVersion >= 90;
 	const char *gr = getenv("KVGATE_CUDA_GRAPHS");
 	c->step.disabled = gr && *gr == '0';
 

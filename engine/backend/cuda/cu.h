@@ -103,6 +103,7 @@ struct cu {
 	cudaStream_t st;
 	cublasHandle_t blas;
 	int exact;
+	int pdl;                /* programmatic dependent launch (sm_90+; KVGATE_CUDA_PDL=0 turns it off) */
 	struct cu_upload up[CU_UP_N];
 	void *scratch[CU_SCR_N]; /* workspaces, grown on demand (see cu_scratch) */
 	size_t scratch_bytes[CU_SCR_N];
@@ -304,5 +305,42 @@ static inline int cu_div_up(long a, long b)
 {
 	return (int)((a + b - 1) / b);
 }
+
+/* ---- programmatic dependent launch (PDL, sm_90+) ----
+ * A kernel launched by cu_launch may start while the kernel before it in the stream is still
+ * running (once every block of that one has started), so that its launch, its blocks' start and
+ * its prologue overlap the previous kernel's tail. The rule that keeps it correct: such a kernel
+ * calls cu_pdl_wait() before it reads anything an earlier kernel wrote and before it writes
+ * anything (the wait returns when the previous kernel has finished and its writes are visible);
+ * before the wait it may only read what no kernel of the step writes: the weights. A kernel that
+ * was launched without the attribute passes the wait at once. Kernels launched with <<<>>> and
+ * cuBLAS's start after the previous kernel ends, as always. */
+#ifdef __CUDACC__
+__device__ __forceinline__ void cu_pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;\n" ::: "memory");
+	asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/* A hint: the 128-byte line at p into L2 (weights a kernel is about to stream, before its wait). */
+__device__ __forceinline__ void cu_prefetch_l2(const void *p)
+{
+	asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+template <typename... K, typename... A>
+static inline void cu_launch(struct cu *c, void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, A... args)
+{
+	cudaLaunchConfig_t cfg = {};
+	cudaLaunchAttribute at[1];
+	cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = c->st;
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = c->pdl;
+	cfg.attrs = at, cfg.numAttrs = 1;
+	CU_CHECK(cudaLaunchKernelEx(&cfg, kernel, ((K)args)...));
+}
+#endif
 
 #endif

@@ -15,6 +15,9 @@ gemv_kernel(const T *w, size_t ld, int rows, int cols, const float *x, int ldx, 
 	    int ldy)
 {
 	int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * RPW;
+	if (row0 < rows)
+		gemv_prefetch<T, RPW>(w, ld, row0, rows, cols);
+	cu_pdl_wait();
 	if (row0 >= rows)
 		return;
 	const float *xs[NT];
@@ -37,9 +40,8 @@ static void gemv_launch(struct cu *c, const struct eng_w *w, const float *x, int
 			float *y, int ldy)
 {
 	int blocks = cu_div_up(w->rows, GEMV_WARPS * RPW);
-	gemv_kernel<T, VEC, RPW, NT><<<blocks, GEMV_WARPS * 32, 0, c->st>>>((const T *)w->data, w->ld, w->rows,
-									     w->cols, x, ldx, nt, bias, y, ldy);
-	CU_LAUNCHED();
+	cu_launch(c, gemv_kernel<T, VEC, RPW, NT>, blocks, GEMV_WARPS * 32, 0, (const T *)w->data, w->ld, w->rows,
+		  w->cols, x, ldx, nt, bias, y, ldy);
 }
 
 template <typename T, int VEC>
@@ -89,35 +91,7 @@ static void gemv(struct cu *c, const struct eng_w *w, const float *x, int ldx, i
 	}
 }
 
-/* ---- n = 2..8 on the tensor cores (bf16 weights, fast mode) ----
- * The fp32 GEMV re-reads every token's activations for each 16 bytes of weights and spends 8 FMAs
- * per weight at n = 8: at 4.3 TB/s that is half the chip's fp32 rate, and run 4's profile had it
- * at 25 % of copy bandwidth. Here a block takes 16 rows; its 8 warps split the columns in chunks
- * of 32; per chunk a lane loads 16 bytes of row g and of row g + 8 and 8 activations of token g,
- * and two mma.m16n8k16 consume them. The k order inside a chunk is permuted alike for weights and
- * activations (lane t4 holds physical k 8*t4 .. 8*t4+7, which the fragments see as k 2*t4, 2*t4+1,
- * 2*t4+8, 2*t4+9 of two k16 steps), so every weight is read with one 16-byte load. Activations
- * are rounded to bf16 (as the cuBLAS path for n > 8 does); accumulation fp32. */
-#define MMA_WARPS 8
-#define MMA_U 4
-
-__device__ __forceinline__ uint32_t gemv_pack_bf16(float lo, float hi)
-{
-	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-	return *(uint32_t *)&v;
-}
-
-__device__ __forceinline__ void gemv_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-					 uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		     "{%0,%1,%2,%3};\n"
-		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
+/* ---- n = 2..8 on the tensor cores (gemv.cuh: gemv_mma_rows) ---- */
 __global__ void __launch_bounds__(MMA_WARPS * 32)
 gemv_mma_kernel(const uint16_t *w, size_t ld, int rows, int cols, const float *x, int ldx, int nt, const float *bias,
 		float *y, int ldy)
@@ -125,61 +99,31 @@ gemv_mma_kernel(const uint16_t *w, size_t ld, int rows, int cols, const float *x
 	__shared__ float red[MMA_WARPS][32][4];
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
 	int row0 = blockIdx.x * 16;
-	const uint16_t *wa = w + (size_t)min(row0 + g, rows - 1) * ld + 8 * t4;
-	const uint16_t *wb = w + (size_t)min(row0 + g + 8, rows - 1) * ld + 8 * t4;
-	const float *xr = x + (size_t)min(g, nt - 1) * ldx + 8 * t4;
-	float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-	int nch = cols / 32;
-	for (int c0 = warp; c0 < nch; c0 += MMA_WARPS * MMA_U) {
-		uint4 A[MMA_U], B[MMA_U];
-		float4 X0[MMA_U], X1[MMA_U];
-#pragma unroll
-		for (int u = 0; u < MMA_U; u++) {
-			int ch = c0 + u * MMA_WARPS;
-			if (ch < nch) {
-				A[u] = __ldg((const uint4 *)(wa + (size_t)ch * 32));
-				B[u] = __ldg((const uint4 *)(wb + (size_t)ch * 32));
-				X0[u] = __ldg((const float4 *)(xr + (size_t)ch * 32));
-				X1[u] = __ldg((const float4 *)(xr + (size_t)ch * 32 + 4));
-			}
-		}
-#pragma unroll
-		for (int u = 0; u < MMA_U; u++) {
-			if (c0 + u * MMA_WARPS < nch) {
-				gemv_mma(c, A[u].x, B[u].x, A[u].y, B[u].y, gemv_pack_bf16(X0[u].x, X0[u].y),
-					 gemv_pack_bf16(X0[u].z, X0[u].w));
-				gemv_mma(c, A[u].z, B[u].z, A[u].w, B[u].w, gemv_pack_bf16(X1[u].x, X1[u].y),
-					 gemv_pack_bf16(X1[u].z, X1[u].w));
-			}
-		}
-	}
-#pragma unroll
-	for (int j = 0; j < 4; j++)
-		red[warp][lane][j] = c[j];
-	__syncthreads();
-	if (warp)
+	gemv_prefetch<uint16_t, 2>(w, ld, row0 + 2 * warp, rows, cols);
+	cu_pdl_wait();
+	float v[4];
+	if (!gemv_mma_rows(w, ld, row0, rows, cols, x + (size_t)min(g, nt - 1) * ldx, red, v))
 		return;
 #pragma unroll
 	for (int j = 0; j < 4; j++) {
-		float v = 0.0f;
-#pragma unroll
-		for (int k = 0; k < MMA_WARPS; k++)
-			v += red[k][lane][j];
 		int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
 		if (row < rows && tok < nt)
-			y[(size_t)tok * ldy + row] = v + (bias ? bias[row] : 0.0f);
+			y[(size_t)tok * ldy + row] = v[j] + (bias ? bias[row] : 0.0f);
 	}
 }
 
-static int gemv_mma_on = -1; /* KVGATE_CUDA_GEMV_MMA=0 turns the tensor-core GEMV off */
+/* The fewest tokens that take the tensor-core GEMV: 1 by default (at one token it wastes 7/8 of
+ * the mma, which costs nothing in a memory-bound kernel, and keeps 8 weight loads a lane in
+ * flight); KVGATE_CUDA_GEMV_MMA=0 turns it off, =2 keeps one token on the fp32 kernel. */
+static int gemv_mma_min = -1;
 
 static int gemv_mma_ok(struct cu *c, const struct eng_w *w, const float *x, int ldx, int nt)
 {
-	if (gemv_mma_on < 0) {
+	if (gemv_mma_min < 0) {
 		const char *e = getenv("KVGATE_CUDA_GEMV_MMA");
-		gemv_mma_on = !(e && *e == '0');
+		gemv_mma_min = e && *e == '0' ? 99 : e && *e == '2' ? 2 : 1;
 	}
-	return gemv_mma_on && !c->exact && nt >= 2 && w->dt == ENG_DT_BF16 && c->prop.major >= 8 && w->cols % 32 == 0 &&
+	return !c->exact && nt >= gemv_mma_min && w->dt == ENG_DT_BF16 && c->prop.major >= 8 && w->cols % 32 == 0 &&
 	       gemv_aligned(w, x, ldx, 8);
 }
 
@@ -245,9 +189,8 @@ void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w 
 		float *yt = y + (size_t)t0 * ldy;
 		int nt = SH_MIN(8, n - t0);
 		if (gemv_mma_ok(c, w, xt, ldx, nt)) {
-			gemv_mma_kernel<<<cu_div_up(w->rows, 16), MMA_WARPS * 32, 0, c->st>>>(
-				(const uint16_t *)w->data, w->ld, w->rows, w->cols, xt, ldx, nt, bias, yt, ldy);
-			CU_LAUNCHED();
+			cu_launch(c, gemv_mma_kernel, cu_div_up(w->rows, 16), MMA_WARPS * 32, 0, (const uint16_t *)w->data,
+				  w->ld, w->rows, w->cols, xt, ldx, nt, bias, yt, ldy);
 		} else {
 			gemv(c, w, xt, ldx, nt, bias, yt, ldy);
 		}
@@ -270,6 +213,9 @@ gemv_heads_kernel(const void *const *tab, size_t ld, int rows, int cols, const f
 		  float *y, int ldy, int hy)
 {
 	int h = blockIdx.y, row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * RPW;
+	if (row0 < rows) /* the table is written once, outside any step: readable before the wait */
+		gemv_prefetch<T, RPW>((const T *)tab[h], ld, row0, rows, cols);
+	cu_pdl_wait();
 	if (row0 >= rows)
 		return;
 	const float *xs[NT];
@@ -293,9 +239,8 @@ static void heads_launch(struct cu *c, const void *const *tab, const struct eng_
 			 int hx, int nt, float *y, int ldy, int hy)
 {
 	dim3 grid(cu_div_up(w->rows, GEMV_WARPS * RPW), nh);
-	gemv_heads_kernel<T, VEC, RPW, NT><<<grid, GEMV_WARPS * 32, 0, c->st>>>(tab, w->ld, w->rows, w->cols, x, ldx, hx,
-									     nt, y, ldy, hy);
-	CU_LAUNCHED();
+	cu_launch(c, gemv_heads_kernel<T, VEC, RPW, NT>, grid, GEMV_WARPS * 32, 0, tab, w->ld, w->rows, w->cols, x, ldx,
+		  hx, nt, y, ldy, hy);
 }
 
 template <typename T, int VEC>

@@ -6,6 +6,7 @@ __global__ void rmsnorm_kernel(float *y, int ldy, const float *x, int ldx, int d
 	const float *xi = x + (size_t)blockIdx.x * ldx;
 	float *yi = y + (size_t)blockIdx.x * ldy;
 	__shared__ float part[32];
+	cu_pdl_wait();
 	float ss = 0;
 	for (int d = threadIdx.x; d < dim; d += blockDim.x)
 		ss += xi[d] * xi[d];
@@ -31,6 +32,5 @@ void cu_rmsnorm(struct eng_backend *be, float *y, int ldy, const float *x, int l
 	if (n <= 0)
 		return;
 	int th = dim >= 1024 ? 512 : dim >= 256 ? 256 : 128;
-	rmsnorm_kernel<<<n, th, 0, CU(be)->st>>>(y, ldy, x, ldx, dim, w, eps);
-	CU_LAUNCHED();
+	cu_launch(CU(be), rmsnorm_kernel, n, th, 0, y, ldy, x, ldx, dim, w, eps);
 }
