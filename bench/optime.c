@@ -13,11 +13,11 @@
 #include "engine/backend.h"
 
 enum { OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_SILU, OP_ADD, OP_COPY2D, OP_ZERO, OP_KVW, OP_KVG, OP_GQA,
-       OP_MLA, OP_DENSE, OP_ROUTE, OP_MOE, OP_HEADS, OP_N };
+       OP_MLA, OP_DENSE, OP_ROUTE, OP_MOE, OP_HEADS, OP_MM2, OP_ADDN, OP_N };
 
 static const char *op_names[OP_N] = {"embed", "matmul", "rmsnorm", "rope", "silu_mul", "add", "copy2d", "zero",
 				     "kv_write", "kv_gather", "attn_gqa", "attn_mla", "attn_dense", "moe_route",
-				     "moe_ffn", "matmul_heads"};
+				     "moe_ffn", "matmul_heads", "matmul2", "add_rmsnorm"};
 
 struct optime {
 	struct eng_backend be; /* first: the wrapper is an eng_backend */
@@ -155,6 +155,18 @@ static void ot_heads(struct eng_backend *be, const float *x, int ldx, int hx, in
 	TIMED(OP_HEADS, matmul_heads(IN(be), x, ldx, hx, n, nh, w, y, ldy, hy));
 }
 
+static void ot_mm2(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1, float *y1, int ldy1,
+		   const struct eng_w *w2, float *y2, int ldy2)
+{
+	TIMED(OP_MM2, matmul2(IN(be), x, ldx, n, w1, y1, ldy1, w2, y2, ldy2));
+}
+
+static void ot_addn(struct eng_backend *be, float *x, const float *t, float *y, int n, int dim, const float *w,
+		    float eps)
+{
+	TIMED(OP_ADDN, add_rmsnorm(IN(be), x, t, y, n, dim, w, eps));
+}
+
 struct eng_backend *optime_wrap(struct eng_backend *in)
 {
 	struct optime *o = calloc(1, sizeof(*o));
@@ -169,6 +181,8 @@ struct eng_backend *optime_wrap(struct eng_backend *in)
 	be->kv_write = ot_kvw, be->kv_gather = ot_kvg, be->attn_gqa = ot_gqa, be->attn_mla = ot_mla;
 	be->attn_dense = ot_dense, be->moe_route = ot_route, be->moe_ffn = ot_moe;
 	be->matmul_heads = in->matmul_heads ? ot_heads : NULL;
+	be->matmul2 = in->matmul2 ? ot_mm2 : NULL;
+	be->add_rmsnorm = in->add_rmsnorm ? ot_addn : NULL;
 	return be; /* step_begin/step_end/step_forget stay NULL: every op runs eagerly */
 }
 

@@ -98,6 +98,15 @@ struct eng_backend {
 	 * cols, ld and dtype (the MLA absorption's per-head matrices). NULL: nh calls of matmul. */
 	void (*matmul_heads)(struct eng_backend *be, const float *x, int ldx, int hx, int n, int nh,
 			     const struct eng_w *w, float *y, int ldy, int hy);
+	/* y1 (n, w1.rows) [ldy1] = x . W1^T and y2 (n, w2.rows) [ldy2] = x . W2^T, one input (x (n, cols)
+	 * [ldx], w1.cols == w2.cols, same dtype): a decode step's q_proj and kv_a_proj, or gate and up,
+	 * in one launch. NULL: two calls of matmul. */
+	void (*matmul2)(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1, float *y1,
+			int ldy1, const struct eng_w *w2, float *y2, int ldy2);
+	/* x (n, dim) += t (n, dim), then y (n, dim) = x / rms(x) * w (y may equal x): a residual add and
+	 * the next norm in one pass. NULL: add, then rmsnorm. */
+	void (*add_rmsnorm)(struct eng_backend *be, float *x, const float *t, float *y, int n, int dim, const float *w,
+			    float eps);
 	/* Whole-step recording (CUDA graphs). The forward pass calls step_begin before its first op of a
 	 * step whose op sequence depends only on (owner, kv, b->n, the block-table length, variant), never
 	 * on the values of ids, positions or tables; then, when step_begin returned 0, it issues every op

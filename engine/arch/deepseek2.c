@@ -41,6 +41,18 @@ int eng_deepseek2_naive(const struct eng_model *m, const struct eng_batch *b)
 	return naive && b->n_seqs == 1 && b->pos[b->n - 1] + 1 <= SH_MIN(c->max_pos, NAIVE_CTX_CAP);
 }
 
+/* x += t, then y = rmsnorm(x) * w: one pass where the backend fuses them */
+static void add_norm(struct eng_backend *be, float *x, const float *t, float *y, int n, int H, const float *w,
+		     float eps)
+{
+	if (be->add_rmsnorm) {
+		be->add_rmsnorm(be, x, t, y, n, H, w, eps);
+	} else {
+		be->add(be, x, t, (size_t)n * H);
+		be->rmsnorm(be, y, H, x, H, n, H, w, eps);
+	}
+}
+
 void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_batch *b, float *x)
 {
 	const struct eng_config *c = &m->cfg;
@@ -69,19 +81,27 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 	int ctx = b->pos[n - 1] + 1;
 	int naive = eng_deepseek2_naive(m, b);
 
+	/* each layer's MLP output is added to x by the next norm (add_norm): pending says it waits */
+	int pending = 0;
 	for (int l = 0; l < c->n_layers; l++) {
 		const struct eng_layer *L = &m->layers[l];
 		/* attention: queries */
-		be->rmsnorm(be, xn, H, x, H, n, H, L->attn_norm, c->rms_eps);               /* (n, H) */
+		if (pending)
+			add_norm(be, x, tmp, xn, n, H, L->attn_norm, c->rms_eps);         /* x += MLP; (n, H) */
+		else
+			be->rmsnorm(be, xn, H, x, H, n, H, L->attn_norm, c->rms_eps);       /* (n, H) */
 		if (ql) {
 			be->matmul(be, xn, H, n, &L->q_a, NULL, qa, ql);                      /* (n, ql) */
 			be->rmsnorm(be, qa, ql, qa, ql, n, ql, L->q_a_norm, c->rms_eps);
 			be->matmul(be, qa, ql, n, &L->q_b, NULL, q, nh * qk);                 /* (n, nh*qk) */
-		} else {
+		} else if (!be->matmul2) {
 			be->matmul(be, xn, H, n, &L->q, NULL, q, nh * qk);                    /* (n, nh*qk) */
 		}
 		/* compressed KV: latent (normed) and the shared rope key, into the cache */
-		be->matmul(be, xn, H, n, &L->kv_a, NULL, kva, R + dr);                        /* (n, R+dr) */
+		if (!ql && be->matmul2) /* q and kv_a in one launch */
+			be->matmul2(be, xn, H, n, &L->q, q, nh * qk, &L->kv_a, kva, R + dr);
+		else
+			be->matmul(be, xn, H, n, &L->kv_a, NULL, kva, R + dr);                /* (n, R+dr) */
 		be->rmsnorm(be, kva, R + dr, kva, R + dr, n, R, L->kv_a_norm, c->rms_eps);    /* c: (n, R) */
 		be->rope(be, kva + R, n, 1, R + dr, dr, b->pos, &m->rope);                    /* k_pe: (n, dr) */
 		be->rope(be, q + dn, n, nh, nh * qk, qk, b->pos, &m->rope);                   /* q_pe in place */
@@ -122,27 +142,33 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 						   nh * dv);
 		}
 		be->matmul(be, att, nh * dv, n, &L->wo, NULL, tmp, H);                      /* (n, H) */
-		be->add(be, x, tmp, (size_t)n * H);
 
-		/* MLP */
-		be->rmsnorm(be, xn, H, x, H, n, H, L->mlp_norm, c->rms_eps);               /* (n, H) */
+		/* MLP: tmp = the shared experts' (or the dense MLP's) output, + the routed experts' */
+		add_norm(be, x, tmp, xn, n, H, L->mlp_norm, c->rms_eps);                   /* x += attn; (n, H) */
+		if (!L->moe || c->n_shared) {
+			int Il = L->gate.rows;
+			if (be->matmul2) {
+				be->matmul2(be, xn, H, n, &L->gate, g, Il, &L->up, u, Il);
+			} else {
+				be->matmul(be, xn, H, n, &L->gate, NULL, g, Il);            /* (n, Il) */
+				be->matmul(be, xn, H, n, &L->up, NULL, u, Il);              /* (n, Il) */
+			}
+			be->silu_mul(be, g, Il, u, Il, n, Il);
+			be->matmul(be, g, Il, n, &L->down, NULL, tmp, H);                   /* (n, H) */
+		} else {
+			be->zero(be, tmp, sizeof(float) * (size_t)n * H);
+		}
 		if (L->moe) {
 			struct eng_moe_route r = {E, K, c->topk_method == ENG_TOPK_GROUP_LIMITED, c->n_group,
 						  c->topk_group, c->norm_topk_prob, c->routed_scaling};
 			be->matmul(be, xn, H, n, &L->router, NULL, rl, E);                    /* (n, E) */
 			be->moe_route(be, rl, n, &r, idx, wt);                                /* (n, K) */
-			be->zero(be, tmp, sizeof(float) * (size_t)n * H);
-			be->moe_ffn(be, xn, n, H, idx, wt, K, E, L->e_gate, L->e_up, L->e_down, tmp, moe_s); /* (n, H) */
-			be->add(be, x, tmp, (size_t)n * H);
-			if (!c->n_shared)
-				continue;
+			be->moe_ffn(be, xn, n, H, idx, wt, K, E, L->e_gate, L->e_up, L->e_down, tmp, moe_s); /* += */
 		}
-		int Il = L->gate.rows;
-		be->matmul(be, xn, H, n, &L->gate, NULL, g, Il);                            /* (n, Il) */
-		be->matmul(be, xn, H, n, &L->up, NULL, u, Il);                              /* (n, Il) */
-		be->silu_mul(be, g, Il, u, Il, n, Il);
-		be->matmul(be, g, Il, n, &L->down, NULL, tmp, H);                           /* (n, H) */
-		be->add(be, x, tmp, (size_t)n * H);
+		pending = 1;
 	}
-	be->rmsnorm(be, x, H, x, H, n, H, m->final_norm, c->rms_eps);
+	if (pending) /* the last MLP's output, then the final norm in place */
+		add_norm(be, x, tmp, x, n, H, m->final_norm, c->rms_eps);
+	else
+		be->rmsnorm(be, x, H, x, H, n, H, m->final_norm, c->rms_eps);
 }

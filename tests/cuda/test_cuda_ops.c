@@ -222,6 +222,28 @@ static void check_matmul(int rows, int cols, int n, enum eng_dtype dt, int bias,
 	free(wf), free(xf), free(bf), free(wd);
 }
 
+/* matmul2: two matrices of one input in one call (q and kv_a, gate and up), against two CPU matmuls */
+static void check_matmul2(int rows1, int rows2, int cols, int n)
+{
+	float *w1f = rand_f32((size_t)rows1 * cols, 0.05f), *w2f = rand_f32((size_t)rows2 * cols, 0.05f);
+	float *xf = rand_f32((size_t)n * cols, 1.0f);
+	void *w1d = to_dtype(w1f, (size_t)rows1 * cols, ENG_DT_BF16), *w2d = to_dtype(w2f, (size_t)rows2 * cols, ENG_DT_BF16);
+	struct twin W1 = twin_new(w1d, (size_t)rows1 * cols * 2), W2 = twin_new(w2d, (size_t)rows2 * cols * 2);
+	struct twin X = twin_new(xf, (size_t)n * cols * 4), Y = twin_new(NULL, (size_t)n * (rows1 + rows2) * 4);
+	struct eng_w h1 = {W1.h, ENG_DT_BF16, rows1, cols, (size_t)cols}, d1 = {W1.d, ENG_DT_BF16, rows1, cols, (size_t)cols};
+	struct eng_w h2 = {W2.h, ENG_DT_BF16, rows2, cols, (size_t)cols}, d2 = {W2.d, ENG_DT_BF16, rows2, cols, (size_t)cols};
+	int ldy = rows1 + rows2; /* y1 and y2 side by side in one row, as strided outputs */
+	cpu->matmul(cpu, X.h, cols, n, &h1, NULL, Y.h, ldy);
+	cpu->matmul(cpu, X.h, cols, n, &h2, NULL, (float *)Y.h + rows1, ldy);
+	poison(&Y);
+	gpu->matmul2(gpu, X.d, cols, n, &d1, Y.d, ldy, &d2, (float *)Y.d + rows1, ldy);
+	char shape[96];
+	snprintf(shape, sizeof(shape), "BF16 W(%d,%d)+W(%d,%d) n=%d", rows1, cols, rows2, cols, n);
+	report("matmul2", shape, nmse_of(Y.h, Y.d, (size_t)n * ldy), 3e-5, 0, 0);
+	twin_free(&W1), twin_free(&W2), twin_free(&X), twin_free(&Y);
+	free(w1f), free(w2f), free(xf), free(w1d), free(w2d);
+}
+
 /* matmul_heads: nh heads of (rows, cols), each its own allocation, activations and outputs strided
  * per head inside a token's row (the MLA absorption's layout), against nh CPU matmuls. */
 struct mh_run {
@@ -262,7 +284,8 @@ static void check_matmul_heads(int nh, int rows, int cols, int n, int hx, enum e
 		us = time_us(mh_go, &r, 20);
 	char shape[96];
 	snprintf(shape, sizeof(shape), "%s %dx W(%d,%d) n=%d", eng_dtype_name(dt), nh, rows, cols, n);
-	report("mm_heads", shape, e, 1e-10, us, (double)nh * rows * cols * es + (double)n * nh * (cols + rows) * 4);
+	/* bf16 with whole 32-column chunks takes the tensor-core GEMV in fast mode (activations rounded) */
+	report("mm_heads", shape, e, dt == ENG_DT_BF16 && cols % 32 == 0 ? 3e-5 : 1e-10, us, (double)nh * rows * cols * es + (double)n * nh * (cols + rows) * 4);
 	for (int h = 0; h < nh; h++)
 		twin_free(&W[h]);
 	twin_free(&X), twin_free(&Y);
@@ -321,6 +344,23 @@ static void check_small(void)
 		report("rope", shape, nmse_of(X.h, X.d, (size_t)n * ld), 1e-11, 0, 0);
 		twin_free(&X), free(xf);
 	}
+	/* add_rmsnorm (x += t, y = norm(x)) against add then rmsnorm, in place too, and a shape it hands
+	 * to the two separate kernels (dim not a multiple of 4) */
+	for (int k = 0; k < 3; k++) {
+		int n = k == 2 ? 3 : 5, dim = k == 2 ? 1409 : 2048;
+		float *xf = rand_f32((size_t)n * dim, 2.0f), *tf = rand_f32((size_t)n * dim, 1.0f), *wf = rand_f32(dim, 1.0f);
+		struct twin X = twin_new(xf, (size_t)n * dim * 4), T = twin_new(tf, (size_t)n * dim * 4);
+		struct twin Wn = twin_new(wf, (size_t)dim * 4), Y = twin_new(NULL, (size_t)n * dim * 4);
+		float *yh = k == 1 ? X.h : Y.h, *yd = k == 1 ? X.d : Y.d;
+		cpu->add(cpu, X.h, T.h, (size_t)n * dim);
+		cpu->rmsnorm(cpu, yh, dim, X.h, dim, n, dim, Wn.h, 1e-6f);
+		gpu->add_rmsnorm(gpu, X.d, T.d, yd, n, dim, Wn.d, 1e-6f);
+		char w[64];
+		snprintf(w, sizeof(w), "n=%d dim=%d%s", n, dim, k == 1 ? " in place" : "");
+		double e = nmse_of(yh, yd, (size_t)n * dim) + (k == 1 ? 0 : nmse_of(X.h, X.d, (size_t)n * dim));
+		report("add_rmsnorm", w, e, 1e-12, 0, 0);
+		twin_free(&X), twin_free(&T), twin_free(&Wn), twin_free(&Y), free(xf), free(tf), free(wf);
+	}
 	/* silu_mul, add, copy2d, zero */
 	{
 		int n = 3, dim = 1409, ld = 1411;
@@ -337,6 +377,23 @@ static void check_small(void)
 		cpu->zero(cpu, (float *)G.h + 2000, 444);
 		gpu->zero(gpu, (float *)G.d + 2000, 444);
 		report("copy2d+zero", "50 rows of 24 B, 444 B", nmse_of(G.h, G.d, (size_t)n * ld), 1e-12, 0, 0);
+		/* the kernel's three element sizes: 16-byte (all aligned), 4-byte, bytes (odd width) */
+		cpu->copy2d(cpu, (float *)G.h + 4, 64, (float *)U.h + 8, 96, 48, 60);
+		gpu->copy2d(gpu, (float *)G.d + 4, 64, (float *)U.d + 8, 96, 48, 60);
+		report("copy2d", "60 rows of 48 B (16-byte elements)", nmse_of(G.h, G.d, (size_t)n * ld), 1e-12, 0, 0);
+		{ /* bytes: odd pitches and width; compared byte for byte (the floats they cut are not numbers) */
+			size_t nb = (size_t)n * ld * 4;
+			uint8_t *a = malloc(nb), *b = malloc(nb);
+			cpu->copy2d(cpu, (uint8_t *)G.h + 4001, 33, (uint8_t *)U.h + 7, 29, 21, 70);
+			gpu->copy2d(gpu, (uint8_t *)G.d + 4001, 33, (uint8_t *)U.d + 7, 29, 21, 70);
+			memcpy(a, G.h, nb);
+			gpu->to_host(gpu, b, G.d, nb);
+			int diff = 0; /* the copied rows (the rest of G carries silu_mul's rounding differences) */
+			for (int r = 0; r < 70; r++)
+				diff |= memcmp(a + 4001 + r * 33, b + 4001 + r * 33, 21);
+			report("copy2d", "70 rows of 21 B (byte elements)", diff ? INFINITY : 0.0, 0, 0, 0);
+			free(a), free(b);
+		}
 		twin_free(&G), twin_free(&U), free(gf), free(uf);
 	}
 }
@@ -749,6 +806,10 @@ int main(int argc, char **argv)
 		check_matmul(10944, 2048, 8, ENG_DT_BF16, 0, 1);
 		check_matmul(10944, 2048, 2048, ENG_DT_BF16, 0, 1);
 	}
+	check_matmul2(3072, 576, 2048, 1); /* q and kv_a */
+	check_matmul2(2816, 2816, 2048, 8); /* shared experts' gate and up */
+	check_matmul2(1001, 40, 1024, 3);  /* rows not a multiple of 16 */
+	check_matmul2(300, 200, 512, 40);  /* prefill: two cuBLAS calls */
 	/* the MLA absorption's per-head matrices: uk (512, 128) and uv (128, 512), odd shapes too */
 	check_matmul_heads(16, 512, 128, 1, 192, ENG_DT_BF16, 1);
 	check_matmul_heads(16, 128, 512, 1, 512, ENG_DT_BF16, 1);

@@ -2,13 +2,20 @@
  * q (n, nh, dq) at positions pos, k (ctx, nh, dq), v (ctx, nh, dv) -> out (n, nh, dv); token i sees
  * keys 0..pos[i] (n < ctx: a chunk that continues earlier positions).
  *
- * Fast path, on the tensor cores through cuBLAS (the SIMT kernel alone took 8.8 ms per call at 2048
- * tokens): q, k, v rounded to bf16; S_h (n, ctx) = scale Q_h K_h^T in fp32 for all heads by one
- * strided-batched GEMM; a softmax kernel (a block per row) masks the keys past pos[i], normalises
- * and writes P_h in bf16 (zeros where masked); O_h = P_h V_h by a second batched GEMM, fp32 into
- * out. S and P are materialised in the op's scratch (16 heads at 2048 tokens: 268 + 134 MB; more
- * heads than fit DENSE_SP_MAX_BYTES go in groups, two GEMMs per group). Both GEMMs compute the
- * whole (n, ctx) rectangle: causality is the mask's alone.
+ * Fast path (sm_80+): q, k, v rounded to bf16 by one conversion kernel, then
+ *  - flash_kernel (dq 192, dv 128: DeepSeek-V2's shape), FlashAttention-2 style: a block per (head,
+ *    64 queries), 4 warps of 16 queries; key tiles of 64 up to the last key any of its queries sees,
+ *    the next tile's K and V copied with cp.async during the current one's math; S = Q K^T and
+ *    O += P V on mma.sync m16n8k16 (bf16 in, fp32 accumulation) with S, P and O in registers and
+ *    an online softmax in fp32. No S in memory (the cuBLAS path below wrote 402 MB at 2048 tokens
+ *    and took 274 us a call there). KVGATE_CUDA_FLASH=0 turns it off (A/B timing).
+ *  - otherwise through cuBLAS (the SIMT kernel alone took 8.8 ms per call at 2048 tokens): S_h (n,
+ *    ctx) = scale Q_h K_h^T in fp32 for all heads by one strided-batched GEMM; a softmax kernel (a
+ *    block per row) masks the keys past pos[i], normalises and writes P_h in bf16 (zeros where
+ *    masked); O_h = P_h V_h by a second batched GEMM, fp32 into out. S and P are materialised in the
+ *    op's scratch (16 heads at 2048 tokens: 268 + 134 MB; more heads than fit DENSE_SP_MAX_BYTES go
+ *    in groups, two GEMMs per group). Both GEMMs compute the whole (n, ctx) rectangle: causality is
+ *    the mask's alone.
  *
  * Exact mode and devices before sm_80: the fp32 SIMT kernel, one block per (head, token), warps over
  * keys with online softmax, as attn_gqa.cu. */
@@ -169,6 +176,303 @@ dense_softmax_kernel(const float *s, size_t lds, const int32_t *pos, int n, int 
 		pr[key] = __float2bfloat16_rn(key < nk ? expf(sr[key] - m) * inv : 0.0f);
 }
 
+/* ---- flash attention (sm_80+) ----
+ * A block: queries i0..i0+63 of head h (i0 = 64 qt), warp w rows w*16..w*16+15 of them; lane
+ * (g = lane / 4, t4 = lane % 4) holds, as mma fragments do, rows g and g + 8 of its warp's 16:
+ * S (16 x 64 a tile) as 8 n8 tiles x 4 fp32, O (16 x DV) as DV/8 n8 tiles x 4 fp32, Q (16 x DQ)
+ * as DQ/16 A fragments of 4 x bf16x2 (loaded once). The accumulator of S tiles 2kk, 2kk + 1 is,
+ * rounded to bf16, the A fragment of P for keys 16kk..16kk+15 (no trip through shared memory).
+ * Shared memory: K in two stages of 64 rows x (DQ + 8) bf16, V in two of 64 x (DV + 8) (rows 16
+ * bytes apart modulo 128: ldmatrix's 8 row addresses hit 8 different bank groups); the queries
+ * are staged once in K's second stage. Keys past ctx and queries past n are zero-filled by
+ * cp.async (src-size 0), never read. */
+#define FL_BM 64 /* queries a block */
+#define FL_BN 64 /* keys a tile */
+#define FL_WARPS 4
+
+__device__ __forceinline__ void fl_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		     "{%0,%1,%2,%3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void fl_ldsm_x4(uint32_t (&r)[4], const __nv_bfloat16 *p)
+{
+	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr));
+}
+
+__device__ __forceinline__ void fl_ldsm_x4_trans(uint32_t (&r)[4], const __nv_bfloat16 *p)
+{
+	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr));
+}
+
+/* 16 bytes global -> shared; src_bytes 0 writes zeros and reads nothing */
+__device__ __forceinline__ void fl_cp16(void *dst, const void *src, int src_bytes)
+{
+	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void fl_commit()
+{
+	asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void fl_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ uint32_t fl_pack(float lo, float hi)
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower column */
+	return *(uint32_t *)&v;
+}
+
+__device__ __forceinline__ float fl_ex2(float x) /* 2^x; 2^-inf = 0 */
+{
+	float y;
+	asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+	return y;
+}
+
+/* Rows row0..row0+63 of src (row stride lds elements, C 16-byte chunks a row) into dst (row stride
+ * S elements); rows from lim on are zero-filled. Consecutive threads copy consecutive chunks of a
+ * row (coalesced reads, conflict-free writes). */
+template <int C, int S>
+__device__ __forceinline__ void fl_load(__nv_bfloat16 *dst, const __nv_bfloat16 *src, size_t lds, int row0, int lim)
+{
+	static_assert(FL_BN * C % (FL_WARPS * 32) == 0, "whole chunks a thread");
+#pragma unroll
+	for (int r = 0; r < FL_BN * C / (FL_WARPS * 32); r++) {
+		int c = (int)threadIdx.x + r * FL_WARPS * 32, row = c / C, ch = c % C;
+		int ok = row0 + row < lim;
+		const __nv_bfloat16 *sp = ok ? src + (size_t)(row0 + row) * lds + ch * 8 : src;
+		fl_cp16(dst + row * S + ch * 8, sp, ok ? 16 : 0);
+	}
+}
+
+template <int DQ, int DV> static constexpr size_t flash_smem()
+{
+	return (size_t)2 * FL_BN * ((DQ + 8) + (DV + 8)) * sizeof(__nv_bfloat16);
+}
+
+/* grid (nh, ceil(n / 64)): blockIdx.y counts query tiles from the last (the most keys under
+ * causality) so that the longest blocks start first. sl2 = scale * log2(e). */
+template <int DQ, int DV>
+__global__ void __launch_bounds__(FL_WARPS * 32, 2)
+flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *kb, const __nv_bfloat16 *vb, int n,
+	     int ctx, int nh, float sl2, float *out)
+{
+	static_assert(DQ % 16 == 0 && DV % 16 == 0 && FL_BM == FL_BN && FL_BM == 16 * FL_WARPS, "shape");
+	constexpr int KS = DQ + 8, VS = DV + 8; /* shared row strides (bf16) */
+	constexpr int NT = FL_BN / 8;           /* n8 tiles of S */
+	constexpr int KQ = DQ / 16;             /* k16 steps of Q K^T */
+	constexpr int OT = DV / 8;              /* n8 tiles of O */
+	extern __shared__ __align__(16) uint8_t fl_smem[];
+	__nv_bfloat16 *Ks = (__nv_bfloat16 *)fl_smem; /* [2][FL_BN][KS] */
+	__nv_bfloat16 *Vs = Ks + 2 * FL_BN * KS;       /* [2][FL_BN][VS] */
+
+	int h = blockIdx.x, i0 = ((int)gridDim.y - 1 - (int)blockIdx.y) * FL_BM;
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+	size_t ldq = (size_t)nh * DQ, ldv = (size_t)nh * DV;
+	const __nv_bfloat16 *qh = qb + (size_t)h * DQ, *kh = kb + (size_t)h * DQ, *vh = vb + (size_t)h * DV;
+
+	/* the last key each of my two rows sees (< 0: none; rows past n see none and are not written),
+	 * and the last any row of the block sees (each warp finds it alone: rows lane, lane + 32) */
+	int r0 = i0 + w * 16 + g, r1 = r0 + 8;
+	int lim0 = r0 < n ? min(pos[r0], ctx - 1) : -1, lim1 = r1 < n ? min(pos[r1], ctx - 1) : -1;
+	int ra = i0 + lane, rb = ra + 32;
+	int kmax = max(ra < n ? min(pos[ra], ctx - 1) : -1, rb < n ? min(pos[rb], ctx - 1) : -1);
+	kmax = __reduce_max_sync(0xffffffffu, kmax);
+	int nkt = kmax < 0 ? 0 : kmax / FL_BN + 1; /* key tiles */
+
+	/* group 0: the queries (into K's stage 1); group 1: key tile 0 */
+	fl_load<DQ / 8, KS>(Ks + FL_BN * KS, qh, ldq, i0, n);
+	fl_commit();
+	if (nkt > 0) {
+		fl_load<DQ / 8, KS>(Ks, kh, ldq, 0, ctx);
+		fl_load<DV / 8, VS>(Vs, vh, ldv, 0, ctx);
+	}
+	fl_commit();
+	fl_wait<1>();
+	__syncthreads();
+
+	/* Q fragments, ldmatrix x4: matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
+	 * of the warp's 16 rows and the k-step's 16 columns = a0, a1, a2, a3; lane l gives row l % 8
+	 * of matrix l / 8 */
+	uint32_t qf[KQ][4];
+	{
+		const __nv_bfloat16 *qs = Ks + FL_BN * KS + (w * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KS +
+					  (lane >> 4) * 8;
+#pragma unroll
+		for (int ks = 0; ks < KQ; ks++)
+			fl_ldsm_x4(qf[ks], qs + ks * 16);
+	}
+	__syncthreads(); /* K's stage 1 is tile 1's next */
+
+	/* K (non-trans, key rows): matrices (keys 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) =
+	 * b0, b1 of S tile 2np, b0, b1 of tile 2np + 1. V (trans, key rows): (keys 0-7, cols 0-7),
+	 * (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = b0, b1 of O tile 2np, b0, b1 of tile 2np + 1. */
+	const int koff = ((lane & 7) + (lane >> 4) * 8) * KS + ((lane >> 3) & 1) * 8;
+	const int voff = ((lane & 7) + ((lane >> 3) & 1) * 8) * VS + (lane >> 4) * 8;
+	float o[OT][4];
+#pragma unroll
+	for (int t = 0; t < OT; t++)
+		o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+	float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f; /* running max (log2 units), partial sums */
+	int limlo = min(lim0, lim1);
+
+	for (int kt = 0; kt < nkt; kt++) {
+		int st = kt & 1;
+		if (kt + 1 < nkt) {
+			fl_load<DQ / 8, KS>(Ks + (st ^ 1) * FL_BN * KS, kh, ldq, (kt + 1) * FL_BN, ctx);
+			fl_load<DV / 8, VS>(Vs + (st ^ 1) * FL_BN * VS, vh, ldv, (kt + 1) * FL_BN, ctx);
+		}
+		fl_commit(); /* possibly empty: one group an iteration */
+		fl_wait<1>(); /* tile kt's group has landed */
+		__syncthreads();
+
+		/* S = Q K^T */
+		float s[NT][4];
+#pragma unroll
+		for (int j = 0; j < NT; j++)
+			s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+		const __nv_bfloat16 *kp = Ks + st * FL_BN * KS + koff;
+#pragma unroll
+		for (int ks = 0; ks < KQ; ks++) {
+#pragma unroll
+			for (int np = 0; np < NT / 2; np++) {
+				uint32_t b[4];
+				fl_ldsm_x4(b, kp + np * 16 * KS + ks * 16);
+				fl_mma(s[2 * np], qf[ks], b[0], b[1]);
+				fl_mma(s[2 * np + 1], qf[ks], b[2], b[3]);
+			}
+		}
+
+		/* online softmax in log2 units; s[j][e] is (row g, key kt*64 + 8j + 2t4 + e), s[j][2 + e]
+		 * row g + 8. A row with no key yet keeps m = -inf: its exponents are taken against 0
+		 * (2^-inf = 0, never -inf - -inf). */
+		int key0 = kt * FL_BN + 2 * t4;
+		bool msk = kt * FL_BN + FL_BN - 1 > limlo;
+		float mx0 = m0, mx1 = m1;
+#pragma unroll
+		for (int j = 0; j < NT; j++) {
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				float x0 = s[j][e] * sl2, x1 = s[j][2 + e] * sl2;
+				if (msk) {
+					int key = key0 + 8 * j + e;
+					x0 = key > lim0 ? -INFINITY : x0;
+					x1 = key > lim1 ? -INFINITY : x1;
+				}
+				s[j][e] = x0, s[j][2 + e] = x1;
+				mx0 = fmaxf(mx0, x0), mx1 = fmaxf(mx1, x1);
+			}
+		}
+#pragma unroll
+		for (int x = 1; x < 4; x <<= 1) { /* the 4 lanes of a row */
+			mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+			mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+		}
+		float mu0 = mx0 == -INFINITY ? 0.0f : mx0, mu1 = mx1 == -INFINITY ? 0.0f : mx1;
+		float al0 = fl_ex2(m0 - mu0), al1 = fl_ex2(m1 - mu1);
+		m0 = mx0, m1 = mx1;
+		float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+		for (int j = 0; j < NT; j++) {
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				s[j][e] = fl_ex2(s[j][e] - mu0), s[j][2 + e] = fl_ex2(s[j][2 + e] - mu1);
+				ps0 += s[j][e], ps1 += s[j][2 + e];
+			}
+		}
+		l0 = l0 * al0 + ps0, l1 = l1 * al1 + ps1; /* this lane's columns only: summed at the end */
+#pragma unroll
+		for (int t = 0; t < OT; t++)
+			o[t][0] *= al0, o[t][1] *= al0, o[t][2] *= al1, o[t][3] *= al1;
+
+		/* O += P V: P's A fragment for keys 16kk.. = S tiles 2kk (a0, a1) and 2kk + 1 (a2, a3) */
+		const __nv_bfloat16 *vp = Vs + st * FL_BN * VS + voff;
+#pragma unroll
+		for (int kk = 0; kk < FL_BN / 16; kk++) {
+			uint32_t a[4] = {fl_pack(s[2 * kk][0], s[2 * kk][1]), fl_pack(s[2 * kk][2], s[2 * kk][3]),
+					 fl_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+					 fl_pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+			for (int np = 0; np < OT / 2; np++) {
+				uint32_t b[4];
+				fl_ldsm_x4_trans(b, vp + kk * 16 * VS + np * 16);
+				fl_mma(o[2 * np], a, b[0], b[1]);
+				fl_mma(o[2 * np + 1], a, b[2], b[3]);
+			}
+		}
+		__syncthreads(); /* stage st is the next iteration's target */
+	}
+	fl_wait<0>(); /* only empty groups are left; none may outlive the block */
+
+#pragma unroll
+	for (int x = 1; x < 4; x <<= 1) {
+		l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+		l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+	}
+	/* no key (a negative position): a zero row, as the CPU */
+	float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+	if (r0 < n) {
+		float *op = out + ((size_t)r0 * nh + h) * DV + 2 * t4;
+#pragma unroll
+		for (int t = 0; t < OT; t++)
+			*(float2 *)(op + 8 * t) = make_float2(o[t][0] * inv0, o[t][1] * inv0);
+	}
+	if (r1 < n) {
+		float *op = out + ((size_t)r1 * nh + h) * DV + 2 * t4;
+#pragma unroll
+		for (int t = 0; t < OT; t++)
+			*(float2 *)(op + 8 * t) = make_float2(o[t][2] * inv1, o[t][3] * inv1);
+	}
+}
+
+template <int DQ, int DV>
+static void flash_launch(struct cu *c, const __nv_bfloat16 *qb, const int32_t *dpos, int n, const __nv_bfloat16 *kb,
+			 const __nv_bfloat16 *vb, int ctx, int nh, float scale, float *out)
+{
+	static size_t raised; /* set once (prefill runs outside recorded steps) */
+	constexpr size_t smem = flash_smem<DQ, DV>();
+	if (smem > 48 * 1024 && smem > raised) {
+		CU_CHECK(cudaFuncSetAttribute(flash_kernel<DQ, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      (int)smem));
+		/* two blocks an SM need most of its shared memory (a hint: L1 keeps the rest) */
+		CU_CHECK(cudaFuncSetAttribute(flash_kernel<DQ, DV>, cudaFuncAttributePreferredSharedMemoryCarveout,
+					      (int)cudaSharedmemCarveoutMaxShared));
+		raised = smem;
+	}
+	flash_kernel<DQ, DV><<<dim3(nh, cu_div_up(n, FL_BM)), FL_WARPS * 32, smem, c->st>>>(
+		qb, dpos, kb, vb, n, ctx, nh, scale * 1.4426950408889634f, out);
+	CU_LAUNCHED();
+}
+
+/* The flash kernel takes the shape (dq 192, dv 128), out 8-byte aligned (float2 stores), the
+ * device's shared memory, and KVGATE_CUDA_FLASH is not 0. */
+static int flash_env = -1;
+
+static int flash_ok(struct cu *c, int n, int dq, int dv, const float *out)
+{
+	if (flash_env < 0) {
+		const char *e = getenv("KVGATE_CUDA_FLASH");
+		flash_env = !(e && *e == '0');
+	}
+	return flash_env && dq == 192 && dv == 128 && (uintptr_t)out % 8 == 0 &&
+	       c->prop.sharedMemPerBlockOptin >= flash_smem<192, 128>() && cu_div_up(n, FL_BM) <= 65535;
+}
+
 static size_t dense_up256(size_t b)
 {
 	return (b + 255) & ~(size_t)255;
@@ -186,7 +490,8 @@ static void dense_fast(struct cu *c, const float *q, const int32_t *dpos, int n,
 	size_t ns = (size_t)hg * n * lds;
 	size_t oq = 0, ok = oq + dense_up256(nq * 2), ov = ok + dense_up256(nkk * 2), os = ov + dense_up256(nv * 2);
 	size_t op = os + dense_up256(ns * 4);
-	uint8_t *ws = (uint8_t *)cu_scratch(c, CU_SCR_OP, op + ns * 2);
+	int flash = flash_ok(c, n, dq, dv, out); /* no S, P */
+	uint8_t *ws = (uint8_t *)cu_scratch(c, CU_SCR_OP, flash ? ov + nv * 2 : op + ns * 2);
 	__nv_bfloat16 *qb = (__nv_bfloat16 *)(ws + oq); /* (n, nh, dq) */
 	__nv_bfloat16 *kb = (__nv_bfloat16 *)(ws + ok); /* (ctx, nh, dq) */
 	__nv_bfloat16 *vb = (__nv_bfloat16 *)(ws + ov); /* (ctx, nh, dv) */
@@ -198,6 +503,10 @@ static void dense_fast(struct cu *c, const float *q, const int32_t *dpos, int n,
 	int blocks = (int)SH_MIN(((nq + nkk + nv) / 4 + 255) / 256 + 1, (size_t)4096);
 	dense_to_bf16_kernel<<<blocks, 256, 0, c->st>>>(a);
 	CU_LAUNCHED();
+	if (flash) {
+		flash_launch<192, 128>(c, qb, dpos, n, kb, vb, ctx, nh, scale, out);
+		return;
+	}
 
 	const float zero = 0.0f, one = 1.0f;
 	for (int h0 = 0; h0 < nh; h0 += hg) {

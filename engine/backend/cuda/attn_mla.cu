@@ -1,29 +1,38 @@
 /* attn_mla.cu: MLA decode in latent space over the paged cache, on the tensor cores.
  *
  * One block (8 warps) per (split of the context, token, group of 16 heads). The 16 heads are the M
- * of mma.m16n8k16 (bf16 in, fp32 accumulate): each tile of 16 cached rows (one cache block) is read
- * from memory once, turned into bf16 in shared memory (fp8 and int8 values are exact in bf16; their
- * per-token scales are applied to the scores and folded into the probabilities, never to the
- * values), and serves every head:
- *   scores  S (16 heads, 16 pos) = Q (16, R + dr) . K^T, the latent and rope parts accumulated
- *           apart so that each gets its own scale; warps split the K dimension;
- *   softmax online, a thread per (head, position);
- *   values  O (16 heads, R) += P (16, 16) . C (16 pos, R); warps split the columns.
- * The next tile's loads are issued before the current tile is computed (register double
- * buffering). Long contexts are split over blocks (flash-decoding); a second kernel merges the
- * splits. Queries are rounded to bf16 (as FlashMLA does). Takes R % 32 == 0, R <= 512, dr <= 64,
+ * of mma.m16n8k16 (bf16 in, fp32 accumulate). An iteration takes MLA_TPI cache blocks (32 cached
+ * rows), copied with cp.async into shared memory one iteration ahead (bf16: straight into the
+ * bf16 tile) or two (fp8, int8: raw bytes), so that the syncs, the softmax round and the rescaling
+ * of O come once per 32 rows. Every head uses each row read:
+ *   scores  S (16 heads, 32 pos) = Q (16, R + dr) . K^T: a warp per (quarter of K, 16 positions),
+ *           the queries' fragments held in registers for the whole block; the latent and rope
+ *           parts accumulated apart and scaled per position before the 4 quarters are summed;
+ *   softmax online, a thread per (head, 2 positions);
+ *   values  O (16 heads, R) += P (16, 32) . C (32 pos, R); a warp owns 64 columns.
+ * fp8 and int8 values are exact in bf16: the warps of the scores convert their own B fragments
+ * from the raw bytes (integer and bf16 operations: the hardware conversions run at a quarter of
+ * the rate) and store the latent part as the bf16 tile of P . C. Their per-token scales are
+ * applied to the scores and folded into the probabilities, never to the values.
+ * Long contexts are split over blocks (flash-decoding); a second kernel merges the splits. Queries
+ * are rounded to bf16 (as FlashMLA does). Takes R % 32 == 0, R <= 512, dr <= 64, dr % 4 == 0,
  * (R + dr) % 8 == 0 and the BF16/FP8/INT8/FP8_TENSOR formats; everything else, and exact mode,
  * goes to the fp32 SIMT kernel (attn_gqa.cu). */
 #include "engine/backend/cuda/cu.h"
 
-#define MLA_NW 8     /* warps a block */
-#define MLA_T 16     /* positions per tile == ENG_KV_BLOCK_TOKENS */
-#define MLA_PS 24    /* row stride of P in bf16 (16 + 8: no bank conflicts) */
-#define MLA_MAXNT 8  /* n8 tiles of O per warp: R / 8 / MLA_NW */
-#define MLA_LD 5     /* 8-value chunks each thread loads per tile: 16 * 576 / 8 / 256, rounded up */
-#define MLA_MINTPS 2 /* tiles a split takes at least: its fixed cost (queries, merge) over more rows */
+#define MLA_NW 8                   /* warps a block */
+#define MLA_T 16                   /* positions per cache block == ENG_KV_BLOCK_TOKENS */
+#define MLA_TPI 2                  /* cache blocks an iteration */
+#define MLA_NP (MLA_T * MLA_TPI)   /* positions an iteration */
+#define MLA_SRS (MLA_NP + 8)       /* row stride of the partial scores in floats (no bank conflicts) */
+#define MLA_PS (MLA_NP + 8)        /* row stride of P in bf16 (no bank conflicts for ldmatrix) */
+#define MLA_MINTPS 2               /* tiles a split takes at least (a multiple of MLA_TPI) */
+#define MLA_LONGTPS 8              /* ... and at least this many when the context allows */
+#define MLA_SHORTNS 16             /* splits of a short context */
 
 _Static_assert(MLA_T == ENG_KV_BLOCK_TOKENS, "an MLA tile is one cache block");
+_Static_assert(MLA_NP == 32 && MLA_NW == 8, "the warp layout below: 4 quarters of K x 2 halves of 32 positions");
+_Static_assert(MLA_MINTPS % MLA_TPI == 0, "splits take whole iterations");
 
 struct mla_args {
 	const uint8_t *pool;
@@ -38,8 +47,33 @@ struct mla_args {
 	int nh, R, dr, W, WS; /* W = R + dr rounded up to 16; WS = W + 8 (row stride in smem) */
 	float scale;
 	int n_split, tps;
+	int nst; /* stages of the raw 8-bit rows in flight (2 or 3; bf16 always 2) */
 	float *out, *po, *pml;
 };
+
+/* The 8-bit formats' bf16 tile row (bf16; a multiple of 64: see mla_sw) and raw row (bytes; 32 or
+ * 96 past a multiple of 128: a thread's 8 bytes of rows g = 0..3 then hit different banks). */
+static inline __host__ __device__ int mla_ks(int R)
+{
+	return (R + 63) / 64 * 64;
+}
+
+static inline __host__ __device__ int mla_rsb(int E)
+{
+	return (E + 63) / 64 * 64 + 32;
+}
+
+/* Shared memory of a block (bytes): the bf16 tiles (nst of them for bf16: they are the copies'
+ * destination, rows of W + 8; one for the 8-bit formats, the latent only, swizzled), the raw 8-bit
+ * stages, the staged per-token scales, the partial scores, P, and the per-head alpha / sum / max.
+ * The kernel carves it in this order. */
+static inline size_t mla_smem(int fmt, int R, int W, int E, int nst)
+{
+	int q8 = fmt != ENG_KV_BF16, psc = fmt == ENG_KV_FP8 || fmt == ENG_KV_INT8;
+	return (size_t)(q8 ? 1 : nst) * MLA_NP * (q8 ? mla_ks(R) : W + 8) * 2 +
+	       (q8 ? (size_t)nst * MLA_NP * mla_rsb(E) : 0) + (psc ? (size_t)nst * MLA_NP * 2 * sizeof(float) : 0) +
+	       (size_t)4 * 16 * MLA_SRS * sizeof(float) + (size_t)16 * MLA_PS * 2 + 48 * sizeof(float);
+}
 
 __device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
 					 uint32_t b1)
@@ -50,10 +84,49 @@ __device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uin
 		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void ldsm_x2_trans(uint32_t &b0, uint32_t &b1, const void *p)
+/* with the A fragment in an array */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+	mma_bf16(c, a[0], a[1], a[2], a[3], b0, b1);
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p)
 {
 	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+		     : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p)
+{
+	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+		     : "r"(addr));
+}
+
+/* cp.async of 16 (8) bytes; src_bytes 0 writes zeros and reads nothing. */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
+{
+	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void cp_async8(void *dst, const void *src, int src_bytes)
+{
+	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+	asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
@@ -62,56 +135,86 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 	return *(uint32_t *)&v;
 }
 
-/* 8 cached values of a row -> 8 bf16 (exact for every format but F32, which never comes here). */
-template <int FMT> __device__ __forceinline__ uint4 mla_cvt8(uint4 raw)
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
 {
-	if constexpr (FMT == ENG_KV_BF16) {
-		return raw;
-	} else {
-		uint32_t w[2] = {raw.x, raw.y}, o[4];
-#pragma unroll
-		for (int k = 0; k < 4; k++) {
-			uint32_t two = (w[k >> 1] >> ((k & 1) * 16)) & 0xffffu;
-			float f0, f1;
-			if constexpr (FMT == ENG_KV_INT8) {
-				f0 = (float)(int8_t)(two & 0xff);
-				f1 = (float)(int8_t)(two >> 8);
-			} else {
-				__half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
-				float2 f = __half22float2(*(__half2 *)&h);
-				f0 = f.x, f1 = f.y;
-			}
-			o[k] = pack_bf16(f0, f1);
-		}
-		return make_uint4(o[0], o[1], o[2], o[3]);
-	}
+	uint32_t r;
+	asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+	return r;
 }
 
-/* The raw bytes of 8 cached values (16 for bf16, 8 for the 8-bit formats), converted after the
- * load so that a tile's loads are all in flight while the previous tile is computed. */
-template <int FMT> __device__ __forceinline__ uint4 mla_raw8(const uint8_t *vals, size_t e)
+/* d = a * b + c on two bf16 (exact in both uses below; bf16 has no flush-to-zero) */
+__device__ __forceinline__ uint32_t fma_bf16x2(uint32_t a, uint32_t b, uint32_t c)
 {
-	if constexpr (FMT == ENG_KV_BF16) {
-		return *(const uint4 *)(vals + e * 2);
-	} else {
-		uint2 r = *(const uint2 *)(vals + e);
-		return make_uint4(r.x, r.y, 0, 0);
-	}
+	uint32_t d;
+	asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+	return d;
+}
+
+/* Two e4m3 (the bytes that sel picks, sign-extended into 16-bit lanes: 0x9180 bytes 0-1, 0xb3a2
+ * bytes 2-3) -> bf16x2, exactly, with integer and bf16 operations (the hardware conversions run at
+ * a quarter of the rate and were this kernel's limit for the 8-bit formats): sign to bit 15 and
+ * eeeemmm to bits 10..4 make a bf16 of the value times 2^-120 (normal and subnormal e4m3 alike:
+ * a subnormal e4m3 becomes a subnormal bf16), times 2^120 (0x7b80) then. e4m3 NaN (0x7f / 0xff,
+ * never written to the cache) comes out as +-480. */
+__device__ __forceinline__ uint32_t fp8x2_bf16x2(uint32_t w, uint32_t sel)
+{
+	uint32_t x = prmt(w, 0, sel);
+	uint32_t r = (x & 0x087f087fu) << 4;
+	return fma_bf16x2(r, 0x7b807b80u, 0x80008000u); /* + (-0): keeps the sign of zeros */
+}
+
+/* Two int8 (the bytes that sel picks, zero-extended into 16-bit lanes: 0x4140 bytes 0-1, 0x4342
+ * bytes 2-3) -> bf16x2, exactly: (128 + low 7 bits) - (128 + 128 * sign), both bf16. */
+__device__ __forceinline__ uint32_t int8x2_bf16x2(uint32_t w, uint32_t sel)
+{
+	uint32_t y = prmt(w, 0, sel);
+	uint32_t v = (y & 0x007f007fu) | 0x43004300u, c = (y & 0x00800080u) | 0x43004300u;
+	return fma_bf16x2(c, 0xbf80bf80u, v); /* v - c */
+}
+
+/* 8 cached 8-bit values -> 8 bf16 */
+template <int FMT> __device__ __forceinline__ uint4 mla_cvt8(uint2 raw)
+{
+	if constexpr (FMT == ENG_KV_INT8)
+		return make_uint4(int8x2_bf16x2(raw.x, 0x4140u), int8x2_bf16x2(raw.x, 0x4342u),
+				  int8x2_bf16x2(raw.y, 0x4140u), int8x2_bf16x2(raw.y, 0x4342u));
+	else
+		return make_uint4(fp8x2_bf16x2(raw.x, 0x9180u), fp8x2_bf16x2(raw.x, 0xb3a2u),
+				  fp8x2_bf16x2(raw.y, 0x9180u), fp8x2_bf16x2(raw.y, 0xb3a2u));
+}
+
+/* The swizzle of the 8-bit formats' bf16 tile (rows of KS bf16, KS a multiple of 64): 16-byte
+ * chunk c of row r lies at chunk c ^ mla_sw(r). ldmatrix's 8 rows hit 8 different bank groups, and
+ * so do the converting threads' stores (rows 2m and 2m + 1, 4 chunks each). */
+__device__ __forceinline__ int mla_sw(int r)
+{
+	return ((r & 1) << 2) | ((r >> 1) & 3);
 }
 
 /* One split of one token's context for 16 heads. RC: R fixed at compile time (512 with dr 64, the
- * DeepSeek-V2 shape: every index below folds to shifts), or 0 for the runtime shape. */
-/* (RC + 64 is a multiple of 16: no padding columns) */
+ * DeepSeek-V2 shape: every index below folds to constants), or 0 for the runtime shape. */
 template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla_mma_kernel(mla_args a)
 {
+	constexpr bool Q8 = FMT != ENG_KV_BF16;                       /* 8-bit rows: staged raw, converted */
+	constexpr bool PSC = FMT == ENG_KV_FP8 || FMT == ENG_KV_INT8; /* per-token per-part scales */
 	extern __shared__ __align__(16) uint8_t smem[];
 	const int R = RC ? RC : a.R, dr = RC ? 64 : a.dr, E = R + dr;
-	const int W = RC ? RC + 64 : a.W, WS = W + 8, cpr = E / 8;
-	__nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;  /* (16, WS) */
-	__nv_bfloat16 *Ks = Qs + 16 * WS;           /* (16, WS) */
-	__nv_bfloat16 *Ps = Ks + 16 * WS;           /* (16, MLA_PS) */
-	float *Sr = (float *)(Ps + 16 * MLA_PS);    /* (warps, 2, 16, 16) partial scores */
-	float *scl = Sr + MLA_NW * 2 * 256, *scr = scl + 16, *alpha = scr + 16, *lrow = alpha + 16, *mrow = lrow + 16;
+	const int W = RC ? RC + 64 : a.W;
+	/* bf16: k-steps of 16, nkl latent then nkr rope (the last one zero-padded up to W); a quarter
+	 * of K is LQ latent k-steps and the rope k-step nkl + quarter. 8-bit: the latent in chunks of
+	 * 32 columns (two k-steps), LQ of them a quarter, and the rope columns 16 q .. 16 q + 15. */
+	const int nkl = R / 16, nkr = W / 16 - nkl;
+	const int LQ = Q8 ? (RC ? RC / 128 : (R / 32 + 3) / 4) : (RC ? RC / 64 : (nkl + 3) / 4);
+	const int nst = Q8 ? a.nst : 2;
+	const int KS = Q8 ? mla_ks(R) : W + 8;  /* row stride of the bf16 tile */
+	const int RSB = Q8 ? mla_rsb(E) : 0;    /* row stride of the raw 8-bit stage (bytes) */
+	const size_t kst = (size_t)MLA_NP * KS; /* bf16 of one tile buffer */
+	__nv_bfloat16 *Kb = (__nv_bfloat16 *)smem;                          /* (Q8 ? 1 : nst) x (NP, KS) */
+	uint8_t *Rb = (uint8_t *)(Kb + (Q8 ? 1 : nst) * kst);               /* Q8: nst x (NP, RSB) bytes */
+	float *Sc = (float *)(Rb + (Q8 ? (size_t)nst * MLA_NP * RSB : 0));  /* PSC: nst x (NP, 2) */
+	float *Sr = Sc + (PSC ? nst * MLA_NP * 2 : 0);                      /* (4 quarters, 16, SRS) */
+	__nv_bfloat16 *Ps = (__nv_bfloat16 *)(Sr + 4 * 16 * MLA_SRS);      /* (16, PS) */
+	float *alpha = (float *)(Ps + 16 * MLA_PS), *lrow = alpha + 16, *mrow = lrow + 16;
 
 	int s = blockIdx.x, i = blockIdx.y, hg0 = blockIdx.z * 16;
 	int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
@@ -119,8 +222,10 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 	int ctx = a.bp[i] + 1, seq = a.bp[a.n + i];
 	const int32_t *tab = a.bp + 2 * a.n + (size_t)seq * a.maxb;
 	/* tiles per split: at least a.tps, and enough that n_split splits cover this token's context
-	 * (a recorded step fixes n_split and a.tps for every context up to its table length) */
+	 * (a recorded step fixes n_split and a.tps for every context up to its table length), whole
+	 * iterations (rounding up never adds an iteration to a split and may leave the last empty) */
 	int ntiles = (ctx + MLA_T - 1) / MLA_T, tps = max(a.tps, (ntiles + a.n_split - 1) / a.n_split);
+	tps = (tps + MLA_TPI - 1) / MLA_TPI * MLA_TPI;
 	int t0 = s * tps, t1 = min(ntiles, t0 + tps);
 	size_t pidx = (((size_t)i * a.n_split + s) * gridDim.z + blockIdx.z) * 16;
 	if (t0 >= t1) { /* an empty split: weight 0 in the merge, which then never reads its partials */
@@ -128,180 +233,340 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 			a.pml[(pidx + tid) * 2] = -INFINITY, a.pml[(pidx + tid) * 2 + 1] = 0.0f;
 		return;
 	}
+	const int nit = (t1 - t0 + MLA_TPI - 1) / MLA_TPI; /* iterations; a missing last tile is masked */
 
-	/* the first tile's loads go out before the queries' (both are waited for together) */
-	uint4 v[MLA_LD];
-	float sc_l = 1.0f, sc_r = 1.0f;
-	int blk_next = t0 + 1 < t1 ? tab[t0 + 1] : 0;
-	auto load_tile = [&](int t, int blk) {
-		int valid = min(MLA_T, ctx - t * MLA_T);
-		const uint8_t *lb = a.pool + ((size_t)blk * a.n_layers + a.layer) * a.lbb;
+	/* Copies of iteration `it`'s rows into stage stg: warp w copies tile w / 4 (blk: its cache
+	 * block, -1 past the split), rows 4 (w % 4) .. + 3. Rows past the context, and missing tiles,
+	 * are zero-filled (no garbage may reach the P . C product). */
+	const int lu = w >> 2, lq = w & 3;
+	auto issue = [&](int it, int blk, int stg) {
+		int t = t0 + it * MLA_TPI + lu;
+		int rows = blk >= 0 ? min(MLA_T, ctx - t * MLA_T) - lq * 4 : 0; /* valid of these 4 (may be <= 0) */
+		const uint8_t *lb = a.pool + ((size_t)(blk >= 0 ? blk : 0) * a.n_layers + a.layer) * a.lbb;
+		if constexpr (!Q8) { /* straight into the bf16 tile */
+			__nv_bfloat16 *dst = Kb + stg * kst + (size_t)(lu * MLA_T + lq * 4) * KS;
+			const uint8_t *src = lb + (size_t)lq * 4 * E * 2;
+			const int cpr = E / 8; /* 16-byte chunks a row */
 #pragma unroll
-		for (int j = 0; j < MLA_LD; j++) {
-			int x = tid + j * MLA_NW * 32, p = x / cpr, ch = x - p * cpr;
-			v[j] = make_uint4(0, 0, 0, 0);
-			if (x < MLA_T * cpr && p < valid)
-				v[j] = mla_raw8<FMT>(lb, (size_t)p * E + (size_t)ch * 8);
-		}
-		if (tid < MLA_T) {
-			sc_l = sc_r = 0.0f;
-			if (tid < valid) {
-				if constexpr (FMT == ENG_KV_FP8 || FMT == ENG_KV_INT8) {
-					const float *sc = (const float *)(lb + a.scales_off) + (size_t)tid * a.P;
-					sc_l = sc[0], sc_r = sc[1];
-				} else if constexpr (FMT == ENG_KV_FP8_TENSOR) {
-					sc_l = sc_r = a.tscale;
-				} else {
-					sc_l = sc_r = 1.0f;
+			for (int r = 0; r < 4; r++) {
+				int sz = r < rows ? 16 : 0;
+#pragma unroll
+				for (int k = 0; k < 3; k++) {
+					int ch = lane + 32 * k;
+					if (ch < cpr)
+						cp_async16(dst + r * KS + ch * 8, src + ((size_t)r * E + ch * 8) * 2, sz);
 				}
+			}
+		} else {
+			/* the 4 rows are 4 E contiguous bytes, staged at row stride RSB (16-byte copies when
+			 * E is known to be a multiple of 16, else 8-byte ones) */
+			constexpr int CB = RC ? 16 : 8;
+			uint8_t *dst = Rb + (size_t)stg * MLA_NP * RSB + (size_t)(lu * MLA_T + lq * 4) * RSB;
+			const uint8_t *src = lb + (size_t)lq * 4 * E;
+			const int cpr = E / CB;
+#pragma unroll
+			for (int k = 0; k < (RC ? (4 * (RC + 64) / CB + 31) / 32 : 4 * 576 / CB / 32); k++) {
+				int c = lane + 32 * k;
+				if (c < 4 * cpr) {
+					int rr = c / cpr, sz = rr < rows ? CB : 0;
+					uint8_t *d = dst + rr * RSB + (c - rr * cpr) * CB;
+					if constexpr (CB == 16)
+						cp_async16(d, src + c * CB, sz);
+					else
+						cp_async8(d, src + c * CB, sz);
+				}
+			}
+			if constexpr (PSC) { /* the tile's 16 x 2 scales: 128 bytes */
+				if (lq == 0 && lane < 8)
+					cp_async16(Sc + (size_t)stg * MLA_NP * 2 + lu * MLA_T * 2 + lane * 4,
+						   lb + a.scales_off + lane * 16, blk >= 0 ? 16 : 0);
 			}
 		}
 	};
-	load_tile(t0, tab[t0]);
 
-	/* queries: 16 threads a head, float4 loads all issued before the first use */
+	/* the first iterations' copies go out before the queries' loads */
+	for (int p = 0; p < nst - 1; p++) {
+		if (p < nit) {
+			int t = t0 + p * MLA_TPI + lu;
+			issue(p, t < t1 ? tab[t] : -1, p);
+		}
+		cp_async_commit();
+	}
+	if constexpr (RC == 0 && !Q8) { /* padding columns: zero in every tile buffer (never copied into) */
+		int pad = W - E;
+		for (int x = tid; x < nst * MLA_NP * pad; x += blockDim.x)
+			Kb[(size_t)(x / pad) * KS + E + x % pad] = __float2bfloat16_rn(0.0f);
+	}
+
+	/* The queries' A fragments of this warp's quarter of K, for the whole block. bf16: qa[j] is
+	 * latent k-step q LQ + j, qa[8] the rope k-step nkl + q. 8-bit: the K order within a k-step is
+	 * the converting thread's (any order of k serves, the same for Q and K): in latent chunk
+	 * q LQ + j (32 columns from c0), qa[2j] takes columns c0 + 8 t4 + 0..3 and qa[2j + 1] columns
+	 * c0 + 8 t4 + 4..7; qa[8] rope columns 16 q + 4 t4 + 0..3. Zero where there is none. */
+	const int q = w & 3, ng = w >> 2;
+	uint32_t qa[9][4];
 	{
-		int h = tid >> 4, sub = tid & 15, hh = hg0 + h;
-		float4 ql[8], qp = make_float4(0, 0, 0, 0);
+		int h0 = hg0 + g;
+		bool o0 = h0 < a.nh, o1 = h0 + 8 < a.nh;
+		const float *l0 = a.q_lat + ((size_t)i * a.nh + h0) * R, *l1 = l0 + (size_t)8 * R;
+		const float *p0 = a.q_pe + ((size_t)i * a.nh + h0) * dr, *p1 = p0 + (size_t)8 * dr;
+		if constexpr (Q8) {
+			float4 f[4][4], fr[2];
+			const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-		for (int j = 0; j < 8; j++) {
-			int c4 = sub + 16 * j;
-			ql[j] = make_float4(0, 0, 0, 0);
-			if (c4 < R / 4 && hh < a.nh)
-				ql[j] = *(const float4 *)(a.q_lat + ((size_t)i * a.nh + hh) * R + 4 * c4);
-		}
-		if (sub < dr / 4 && hh < a.nh)
-			qp = *(const float4 *)(a.q_pe + ((size_t)i * a.nh + hh) * dr + 4 * sub);
-#pragma unroll
-		for (int j = 0; j < 8; j++) {
-			int c4 = sub + 16 * j;
-			if (c4 < R / 4)
-				*(uint2 *)&Qs[h * WS + 4 * c4] = make_uint2(pack_bf16(ql[j].x, ql[j].y), pack_bf16(ql[j].z, ql[j].w));
-		}
-		if (sub < dr / 4)
-			*(uint2 *)&Qs[h * WS + R + 4 * sub] = make_uint2(pack_bf16(qp.x, qp.y), pack_bf16(qp.z, qp.w));
-		if constexpr (RC == 0) { /* padding columns: zero in Q and K (tiles never write them) */
-			for (int x = tid; x < 16 * (W - E); x += blockDim.x) {
-				int r = x / (W - E), col = E + x % (W - E);
-				Qs[r * WS + col] = Ks[r * WS + col] = __float2bfloat16_rn(0.0f);
+			for (int j = 0; j < 4; j++) {
+				int cj = q * LQ + j, c = cj * 32 + 8 * t4;
+				bool ok = RC || (j < LQ && cj < R / 32);
+				f[j][0] = ok && o0 ? *(const float4 *)(l0 + c) : z;
+				f[j][1] = ok && o0 ? *(const float4 *)(l0 + c + 4) : z;
+				f[j][2] = ok && o1 ? *(const float4 *)(l1 + c) : z;
+				f[j][3] = ok && o1 ? *(const float4 *)(l1 + c + 4) : z;
 			}
+			int cr = q * 16 + 4 * t4;
+			fr[0] = cr < dr && o0 ? *(const float4 *)(p0 + cr) : z;
+			fr[1] = cr < dr && o1 ? *(const float4 *)(p1 + cr) : z;
+#pragma unroll
+			for (int j = 0; j < 4; j++) {
+				qa[2 * j][0] = pack_bf16(f[j][0].x, f[j][0].y);
+				qa[2 * j][1] = pack_bf16(f[j][2].x, f[j][2].y);
+				qa[2 * j][2] = pack_bf16(f[j][0].z, f[j][0].w);
+				qa[2 * j][3] = pack_bf16(f[j][2].z, f[j][2].w);
+				qa[2 * j + 1][0] = pack_bf16(f[j][1].x, f[j][1].y);
+				qa[2 * j + 1][1] = pack_bf16(f[j][3].x, f[j][3].y);
+				qa[2 * j + 1][2] = pack_bf16(f[j][1].z, f[j][1].w);
+				qa[2 * j + 1][3] = pack_bf16(f[j][3].z, f[j][3].w);
+			}
+			qa[8][0] = pack_bf16(fr[0].x, fr[0].y), qa[8][1] = pack_bf16(fr[1].x, fr[1].y);
+			qa[8][2] = pack_bf16(fr[0].z, fr[0].w), qa[8][3] = pack_bf16(fr[1].z, fr[1].w);
+		} else {
+			float2 f[9][4];
+			const float2 z = make_float2(0.0f, 0.0f);
+#pragma unroll
+			for (int j = 0; j < 9; j++) {
+				bool lat = j < 8;
+				int ks = lat ? q * LQ + j : nkl + q;
+				bool ok = RC || (lat ? j < LQ && ks < nkl : q < nkr);
+				int c = lat ? ks * 16 + 2 * t4 : q * 16 + 2 * t4, lim = lat ? R : dr;
+				const float *b0 = lat ? l0 : p0, *b1 = lat ? l1 : p1;
+				f[j][0] = ok && o0 && c < lim ? *(const float2 *)(b0 + c) : z;
+				f[j][1] = ok && o1 && c < lim ? *(const float2 *)(b1 + c) : z;
+				f[j][2] = ok && o0 && c + 8 < lim ? *(const float2 *)(b0 + c + 8) : z;
+				f[j][3] = ok && o1 && c + 8 < lim ? *(const float2 *)(b1 + c + 8) : z;
+			}
+#pragma unroll
+			for (int j = 0; j < 9; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					qa[j][e] = pack_bf16(f[j][e].x, f[j][e].y);
 		}
 	}
 
 	float m_run = -INFINITY, l_run = 0.0f;
-	float acc[MLA_MAXNT][4];
+	float acc[8][4];
 #pragma unroll
-	for (int j = 0; j < MLA_MAXNT; j++)
+	for (int j = 0; j < 8; j++)
 		acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-	const int nks = W / 16, nkl = R / 16, ntiles_n = R / 8;
+	const float sscale = FMT == ENG_KV_FP8_TENSOR ? a.scale * a.tscale : a.scale;
+	int blk_pf = -1; /* the cache block of the next copies this warp issues, read an iteration ahead */
+	{
+		int t = t0 + (nst - 1) * MLA_TPI + lu;
+		if (nst - 1 < nit && t < t1)
+			blk_pf = tab[t];
+	}
+	int st = 0, stn = nst - 1; /* the stage computed, the stage copied into */
 
-	for (int t = t0; t < t1; t++) {
-		__syncthreads(); /* the previous tile's readers are done with Ks, Ps */
-		int valid = min(MLA_T, ctx - t * MLA_T);
-#pragma unroll
-		for (int j = 0; j < MLA_LD; j++) {
-			int x = tid + j * MLA_NW * 32, p = x / cpr, ch = x - p * cpr;
-			if (x < MLA_T * cpr)
-				*(uint4 *)&Ks[p * WS + ch * 8] = mla_cvt8<FMT>(v[j]);
+	for (int it = 0; it < nit; it++) {
+		if (Q8 && nst == 3)
+			cp_async_wait<1>();
+		else
+			cp_async_wait<0>();
+		__syncthreads(); /* this iteration's rows are in; everyone is done with the previous one */
+		{
+			int nx = it + nst - 1;
+			if (nx < nit)
+				issue(nx, blk_pf, stn);
+			cp_async_commit();
+			int t = t0 + (nx + 1) * MLA_TPI + lu;
+			blk_pf = nx + 1 < nit && t < t1 ? tab[t] : -1;
 		}
-		if (tid < MLA_T)
-			scl[tid] = sc_l, scr[tid] = sc_r;
-		if (t + 1 < t1) { /* the next tile's loads fly while this one is computed */
-			load_tile(t + 1, blk_next);
-			blk_next = t + 2 < t1 ? tab[t + 2] : 0;
-		}
-		__syncthreads();
+		const int tc = t0 + it * MLA_TPI;
+		const int vt0 = min(MLA_T, ctx - tc * MLA_T); /* valid rows of the two tiles */
+		const int vt1 = tc + 1 < t1 ? min(MLA_T, ctx - (tc + 1) * MLA_T) : 0;
+		const __nv_bfloat16 *Kc = Kb + (Q8 ? 0 : st * kst);
 
-		/* scores: warps split the K dimension in steps of 16 */
-		float sl[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, sr[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-		for (int ks = w; ks < nks; ks += MLA_NW) {
-			int k0 = ks * 16 + 2 * t4;
-			uint32_t a0 = *(const uint32_t *)&Qs[g * WS + k0], a1 = *(const uint32_t *)&Qs[(g + 8) * WS + k0];
-			uint32_t a2 = *(const uint32_t *)&Qs[g * WS + k0 + 8], a3 = *(const uint32_t *)&Qs[(g + 8) * WS + k0 + 8];
+		/* scores of this warp's 16 positions (n8 tiles 2 ng, 2 ng + 1) over its quarter of K */
+		float sl[2][4], sr[2][4];
 #pragma unroll
-			for (int nt = 0; nt < 2; nt++) {
-				uint32_t b0 = *(const uint32_t *)&Ks[(nt * 8 + g) * WS + k0];
-				uint32_t b1 = *(const uint32_t *)&Ks[(nt * 8 + g) * WS + k0 + 8];
-				if (ks < nkl)
-					mma_bf16(sl[nt], a0, a1, a2, a3, b0, b1);
-				else
-					mma_bf16(sr[nt], a0, a1, a2, a3, b0, b1);
+		for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				sl[nt][e] = sr[nt][e] = 0.0f;
+		if constexpr (Q8) {
+			/* a thread's B fragments are 8 raw bytes of rows ng 16 + g and + 8: converted to
+			 * bf16 once, they go to the mma and, for the latent, to the bf16 tile for P . C */
+			const uint8_t *r0 = Rb + (size_t)st * MLA_NP * RSB + (size_t)(ng * 16 + g) * RSB + 8 * t4;
+			__nv_bfloat16 *k0 = Kb + (size_t)(ng * 16 + g) * KS;
+			const int sw = mla_sw(g);
+#pragma unroll
+			for (int j = 0; j < 4; j++) {
+				int cj = q * LQ + j;
+				if (RC || (j < LQ && cj < R / 32)) {
+					uint4 c0 = mla_cvt8<FMT>(*(const uint2 *)(r0 + cj * 32));
+					uint4 c1 = mla_cvt8<FMT>(*(const uint2 *)(r0 + 8 * RSB + cj * 32));
+					int ch = ((cj * 4 + t4) ^ sw) * 8;
+					*(uint4 *)(k0 + ch) = c0;
+					*(uint4 *)(k0 + 8 * KS + ch) = c1;
+					mma_bf16(sl[0], qa[2 * j], c0.x, c0.y);
+					mma_bf16(sl[1], qa[2 * j], c1.x, c1.y);
+					mma_bf16(sl[0], qa[2 * j + 1], c0.z, c0.w);
+					mma_bf16(sl[1], qa[2 * j + 1], c1.z, c1.w);
+				}
+			}
+			if (RC || q < nkr) { /* 4 rope bytes (none past the row: dr % 4 == 0) */
+				int col = R + 16 * q;
+				bool in = RC || col + 4 * t4 < E;
+				uint32_t y0 = in ? *(const uint32_t *)(r0 - 8 * t4 + col + 4 * t4) : 0u;
+				uint32_t y1 = in ? *(const uint32_t *)(r0 + 8 * RSB - 8 * t4 + col + 4 * t4) : 0u;
+				uint4 c = mla_cvt8<FMT>(make_uint2(y0, y1));
+				mma_bf16(sr[0], qa[8], c.x, c.y);
+				mma_bf16(sr[1], qa[8], c.z, c.w);
+			}
+		} else {
+			/* ldmatrix x4: matrices (pos 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) */
+			const __nv_bfloat16 *kp =
+				Kc + (size_t)(ng * 16 + (lane & 7) + ((lane >> 4) << 3)) * KS + ((lane >> 3) & 1) * 8;
+#pragma unroll
+			for (int j = 0; j < 8; j++) {
+				int ks = q * LQ + j;
+				if (RC || (j < LQ && ks < nkl)) {
+					uint32_t b0, b1, b2, b3;
+					ldsm_x4(b0, b1, b2, b3, kp + ks * 16);
+					mma_bf16(sl[0], qa[j], b0, b1);
+					mma_bf16(sl[1], qa[j], b2, b3);
+				}
+			}
+			if (RC || q < nkr) {
+				uint32_t b0, b1, b2, b3;
+				ldsm_x4(b0, b1, b2, b3, kp + (nkl + q) * 16);
+				mma_bf16(sr[0], qa[8], b0, b1);
+				mma_bf16(sr[1], qa[8], b2, b3);
 			}
 		}
+		/* latent and rope each with its scale per position, then to the quarter's partials */
+		const float *scs = Sc + (size_t)st * MLA_NP * 2;
 #pragma unroll
 		for (int nt = 0; nt < 2; nt++) {
-			float *d0 = Sr + (size_t)(w * 2) * 256, *d1 = Sr + (size_t)(w * 2 + 1) * 256;
-			int col = nt * 8 + 2 * t4;
-			*(float2 *)&d0[g * 16 + col] = make_float2(sl[nt][0], sl[nt][1]);
-			*(float2 *)&d0[(g + 8) * 16 + col] = make_float2(sl[nt][2], sl[nt][3]);
-			*(float2 *)&d1[g * 16 + col] = make_float2(sr[nt][0], sr[nt][1]);
-			*(float2 *)&d1[(g + 8) * 16 + col] = make_float2(sr[nt][2], sr[nt][3]);
+			int pr = ng * 16 + nt * 8 + 2 * t4;
+			float v[4];
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				v[e] = sl[nt][e];
+			if constexpr (PSC) { /* (latent, rope) scales of positions pr, pr + 1 */
+				float4 sc = *(const float4 *)&scs[pr * 2];
+				v[0] = v[0] * sc.x + sr[nt][0] * sc.y, v[1] = v[1] * sc.z + sr[nt][1] * sc.w;
+				v[2] = v[2] * sc.x + sr[nt][2] * sc.y, v[3] = v[3] * sc.z + sr[nt][3] * sc.w;
+			} else {
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					v[e] += sr[nt][e];
+			}
+			*(float2 *)&Sr[(q * 16 + g) * MLA_SRS + pr] = make_float2(v[0], v[1]);
+			*(float2 *)&Sr[(q * 16 + g + 8) * MLA_SRS + pr] = make_float2(v[2], v[3]);
 		}
 		__syncthreads();
 
-		/* online softmax: a thread per (head, position), 16 lanes a head */
+		/* online softmax: a thread per (head, 2 positions), 16 lanes a head */
 		{
-			int h = tid >> 4, p = tid & 15;
-			float L = 0.0f, Rr = 0.0f;
+			int h = tid >> 4, pp = (tid & 15) * 2, vu = pp < MLA_T ? vt0 : vt1, p = pp & (MLA_T - 1);
+			float2 x = *(const float2 *)&Sr[h * MLA_SRS + pp];
 #pragma unroll
-			for (int x = 0; x < MLA_NW; x++) {
-				L += Sr[(x * 2) * 256 + h * 16 + p];
-				Rr += Sr[(x * 2 + 1) * 256 + h * 16 + p];
+			for (int qq = 1; qq < 4; qq++) {
+				float2 y = *(const float2 *)&Sr[(qq * 16 + h) * MLA_SRS + pp];
+				x.x += y.x, x.y += y.y;
 			}
-			float sv = p < valid ? (L * scl[p] + Rr * scr[p]) * a.scale : -INFINITY;
-			float tmax = sv;
+			bool ok0 = p < vu, ok1 = p + 1 < vu;
+			float s0 = ok0 ? x.x * sscale : -INFINITY, s1 = ok1 ? x.y * sscale : -INFINITY;
+			float tmax = fmaxf(s0, s1);
 #pragma unroll
 			for (int o = 1; o < 16; o <<= 1)
 				tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
-			float mn = fmaxf(m_run, tmax), al = expf(m_run - mn), e = expf(sv - mn), es = e;
+			float mn = fmaxf(m_run, tmax), al = expf(m_run - mn), e0 = expf(s0 - mn), e1 = expf(s1 - mn);
+			float es = e0 + e1;
 #pragma unroll
 			for (int o = 1; o < 16; o <<= 1)
 				es += __shfl_xor_sync(0xffffffffu, es, o);
 			l_run = l_run * al + es;
 			m_run = mn;
-			Ps[h * MLA_PS + p] = __float2bfloat16_rn(e * scl[p]);
-			if (p == 0)
+			/* the values' scale folded into P (selected, not multiplied: a row past the context
+			 * may have any scale) */
+			float f0 = 1.0f, f1 = 1.0f;
+			if constexpr (PSC) {
+				float4 sc = *(const float4 *)&scs[pp * 2];
+				f0 = ok0 ? sc.x : 0.0f, f1 = ok1 ? sc.z : 0.0f;
+			} else if constexpr (FMT == ENG_KV_FP8_TENSOR) {
+				f0 = f1 = a.tscale;
+			}
+			*(uint32_t *)&Ps[h * MLA_PS + pp] = pack_bf16(e0 * f0, e1 * f1);
+			if ((tid & 15) == 0)
 				alpha[h] = al;
 		}
 		__syncthreads();
 
-		/* O += P . C: warp w owns the n8 column tiles w, w + MLA_NW, ... */
-		uint32_t pa0 = *(const uint32_t *)&Ps[g * MLA_PS + 2 * t4], pa1 = *(const uint32_t *)&Ps[(g + 8) * MLA_PS + 2 * t4];
-		uint32_t pa2 = *(const uint32_t *)&Ps[g * MLA_PS + 8 + 2 * t4];
-		uint32_t pa3 = *(const uint32_t *)&Ps[(g + 8) * MLA_PS + 8 + 2 * t4];
-		float al0 = alpha[g], al1 = alpha[g + 8];
+		/* O += P . C: warp w owns the column pairs of n8 tiles (2 pi, 2 pi + 1), pi = w + 8 jj */
+		{
+			float al0 = alpha[g], al1 = alpha[g + 8];
 #pragma unroll
-		for (int j = 0; j < MLA_MAXNT; j++) {
-			int nt = w + j * MLA_NW;
-			if (nt < ntiles_n) {
+			for (int j = 0; j < 8; j++)
 				acc[j][0] *= al0, acc[j][1] *= al0, acc[j][2] *= al1, acc[j][3] *= al1;
-				uint32_t b0, b1;
-				ldsm_x2_trans(b0, b1, &Ks[(lane & 15) * WS + nt * 8]);
-				mma_bf16(acc[j], pa0, pa1, pa2, pa3, b0, b1);
+#pragma unroll
+			for (int kk = 0; kk < MLA_NP / 16; kk++) {
+				uint32_t pa0, pa1, pa2, pa3;
+				ldsm_x4(pa0, pa1, pa2, pa3, &Ps[(lane & 15) * MLA_PS + kk * 16 + (lane >> 4) * 8]);
+				/* x4.trans: (pos 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) */
+				const __nv_bfloat16 *cp = Kc + (size_t)(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KS;
+#pragma unroll
+				for (int jj = 0; jj < 4; jj++) {
+					int pi = w + MLA_NW * jj;
+					if (RC || 2 * pi < R / 8) {
+						/* 8-bit: the swizzled tile (this lane's row is lane % 8 modulo 8) */
+						int ch = Q8 ? (2 * pi + (lane >> 4)) ^ mla_sw(lane & 7) : 2 * pi + (lane >> 4);
+						uint32_t b0, b1, b2, b3;
+						ldsm_x4_trans(b0, b1, b2, b3, cp + ch * 8);
+						mma_bf16(acc[2 * jj], pa0, pa1, pa2, pa3, b0, b1);
+						mma_bf16(acc[2 * jj + 1], pa0, pa1, pa2, pa3, b2, b3);
+					}
+				}
 			}
 		}
+		st = st + 1 == nst ? 0 : st + 1;
+		stn = stn + 1 == nst ? 0 : stn + 1;
 	}
+	cp_async_wait<0>(); /* only empty groups are left; none may outlive the block */
 
 	if ((tid & 15) == 0)
 		lrow[tid >> 4] = l_run, mrow[tid >> 4] = m_run;
 	__syncthreads();
 #pragma unroll
-	for (int j = 0; j < MLA_MAXNT; j++) {
-		int nt = w + j * MLA_NW;
-		if (nt >= ntiles_n)
+	for (int jj = 0; jj < 4; jj++) {
+		int pi = w + MLA_NW * jj;
+		if (!RC && 2 * pi >= R / 8)
 			break;
-		int col = nt * 8 + 2 * t4;
 #pragma unroll
-		for (int half = 0; half < 2; half++) {
-			int row = g + half * 8, hh = hg0 + row;
-			float v0 = acc[j][half * 2], v1 = acc[j][half * 2 + 1];
-			if (a.n_split == 1) {
-				if (hh < a.nh) {
-					float inv = 1.0f / lrow[row];
-					*(float2 *)(a.out + ((size_t)i * a.nh + hh) * R + col) = make_float2(v0 * inv, v1 * inv);
+		for (int b = 0; b < 2; b++) {
+			int col = (2 * pi + b) * 8 + 2 * t4;
+#pragma unroll
+			for (int half = 0; half < 2; half++) {
+				int row = g + half * 8, hh = hg0 + row;
+				float v0 = acc[2 * jj + b][half * 2], v1 = acc[2 * jj + b][half * 2 + 1];
+				if (a.n_split == 1) {
+					if (hh < a.nh) {
+						float inv = 1.0f / lrow[row];
+						*(float2 *)(a.out + ((size_t)i * a.nh + hh) * R + col) =
+							make_float2(v0 * inv, v1 * inv);
+					}
+				} else {
+					*(float2 *)(a.po + (pidx + row) * R + col) = make_float2(v0, v1);
 				}
-			} else {
-				*(float2 *)(a.po + (pidx + row) * R + col) = make_float2(v0, v1);
 			}
 		}
 	}
@@ -365,6 +630,9 @@ template <int FMT, int RC> static void mla_launch_rc(struct cu *c, dim3 grid, si
 	if (smem > 48 * 1024 && smem > raised) {
 		CU_CHECK(cudaFuncSetAttribute(mla_mma_kernel<FMT, RC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 					      (int)smem));
+		/* two blocks an SM need most of its shared memory (a hint: L1 keeps the rest) */
+		CU_CHECK(cudaFuncSetAttribute(mla_mma_kernel<FMT, RC>, cudaFuncAttributePreferredSharedMemoryCarveout,
+					      (int)cudaSharedmemCarveoutMaxShared));
 		raised = smem;
 	}
 	cu_launch(c, mla_mma_kernel<FMT, RC>, grid, MLA_NW * 32, smem, a);
@@ -385,8 +653,8 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 	if (b->n <= 0)
 		return;
 	int fmt = kv->fmt;
-	int mma_ok = !c->exact && fmt != ENG_KV_F32 && R % 32 == 0 && R <= 512 && dr <= 64 && dr % 4 == 0 &&
-		     (R + dr) % 8 == 0 && 16 * (R + dr) / 8 <= MLA_LD * MLA_NW * 32 && kv->shape.n_parts == 2 &&
+	int mma_ok = !c->exact && fmt != ENG_KV_F32 && R > 0 && R % 32 == 0 && R <= 512 && dr <= 64 &&
+		     dr % 4 == 0 && (R + dr) % 8 == 0 && kv->shape.n_parts == 2 && kv->block_tokens == MLA_T &&
 		     kv->shape.part_off[1] == R && (uintptr_t)q_lat % 16 == 0 && (uintptr_t)q_pe % 16 == 0 &&
 		     (uintptr_t)out % 8 == 0;
 	if (!mma_ok) {
@@ -424,9 +692,14 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 			max_ctx = SH_MAX(max_ctx, b->pos[i] + 1);
 		tiles = cu_div_up(max_ctx, MLA_T);
 	}
+	/* long contexts: at least MLA_LONGTPS tiles a split, so that a split's partial output (16 x R
+	 * fp32, 32 KB: two bf16 tiles) stays a small share of what it reads (run 9: 256 splits of 2
+	 * tiles at batch 1 and 8192 context took 67 us, 140 GB/s); short ones: up to MLA_SHORTNS
+	 * splits, for latency; never more than two blocks an SM */
 	int want = cu_div_up(2L * c->prop.multiProcessorCount, (long)b->n * hgroups);
-	int ns = SH_MAX(1, SH_MIN(SH_MIN(want, cu_div_up(tiles, MLA_MINTPS)), MLA_MAXSPLIT));
-	a.tps = c->step.active ? MLA_MINTPS : cu_div_up(tiles, ns);
+	int ns = SH_MAX(cu_div_up(tiles, MLA_LONGTPS), SH_MIN(MLA_SHORTNS, cu_div_up(tiles, MLA_MINTPS)));
+	ns = SH_MAX(1, SH_MIN(SH_MIN(want, ns), MLA_MAXSPLIT));
+	a.tps = c->step.active ? MLA_MINTPS : cu_div_up(cu_div_up(tiles, ns), MLA_TPI) * MLA_TPI;
 	a.n_split = c->step.active ? ns : cu_div_up(tiles, a.tps);
 	a.po = a.pml = NULL;
 	if (a.n_split > 1) {
@@ -434,7 +707,15 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 		a.po = (float *)cu_scratch(c, CU_SCR_OP, rows * ((size_t)R + 2) * sizeof(float));
 		a.pml = a.po + rows * R;
 	}
-	size_t smem = (size_t)16 * a.WS * 2 * 2 + 16 * MLA_PS * 2 + (MLA_NW * 2 * 256 + 16 * 5) * sizeof(float);
+	/* 8-bit rows: three stages in flight (two iterations ahead) where two blocks an SM still fit */
+	a.nst = 2;
+	if (fmt != ENG_KV_BF16) {
+		size_t s3 = mla_smem(fmt, R, a.W, R + dr, 3);
+		if (s3 <= c->prop.sharedMemPerBlockOptin &&
+		    2 * (s3 + c->prop.reservedSharedMemPerBlock) <= c->prop.sharedMemPerMultiprocessor)
+			a.nst = 3;
+	}
+	size_t smem = mla_smem(fmt, R, a.W, R + dr, a.nst);
 	dim3 grid(a.n_split, b->n, hgroups);
 	switch (fmt) {
 	case ENG_KV_BF16:

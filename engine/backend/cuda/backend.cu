@@ -80,6 +80,38 @@ void *cu_scratch(struct cu *c, int slot, size_t bytes)
 	return c->scratch[slot];
 }
 
+/* ---- side streams ---- */
+
+int cu_side_fork(struct cu *c)
+{
+	SH_BUG_ON(c->step.capturing);
+	if (!c->n_side) {
+		CU_CHECK(cudaEventCreateWithFlags(&c->side_fork, cudaEventDisableTiming));
+		for (int k = 0; k < CU_SIDE; k++) {
+			CU_CHECK(cudaStreamCreateWithFlags(&c->side[k], cudaStreamNonBlocking));
+			CU_CHECK(cudaEventCreateWithFlags(&c->side_join[k], cudaEventDisableTiming));
+			CUBLAS_CHECK(cublasCreate(&c->side_blas[k]));
+			CUBLAS_CHECK(cublasSetStream(c->side_blas[k], c->side[k]));
+			CUBLAS_CHECK(cublasSetMathMode(c->side_blas[k], CUBLAS_DEFAULT_MATH));
+			CU_CHECK(cudaMalloc(&c->side_ws[k], 8u << 20));
+			CUBLAS_CHECK(cublasSetWorkspace(c->side_blas[k], c->side_ws[k], 8u << 20));
+		}
+		c->n_side = CU_SIDE;
+	}
+	CU_CHECK(cudaEventRecord(c->side_fork, c->st));
+	for (int k = 0; k < c->n_side; k++)
+		CU_CHECK(cudaStreamWaitEvent(c->side[k], c->side_fork, 0));
+	return c->n_side;
+}
+
+void cu_side_join(struct cu *c)
+{
+	for (int k = 0; k < c->n_side; k++) {
+		CU_CHECK(cudaEventRecord(c->side_join[k], c->side[k]));
+		CU_CHECK(cudaStreamWaitEvent(c->st, c->side_join[k], 0));
+	}
+}
+
 /* ---- recorded steps (CUDA graphs) ---- */
 
 void cu_buffers_moved(struct cu *c)
@@ -280,6 +312,7 @@ static void cu_to_host(struct eng_backend *be, void *dst, const void *src, size_
 template <typename T>
 __global__ void copy2d_kernel(T *dst, size_t dpitch, const T *src, size_t spitch, size_t w, size_t total)
 {
+	cu_pdl_wait();
 	size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
 	if (t >= total)
 		return;
@@ -298,9 +331,8 @@ static void copy2d_launch(struct cu *c, void *dst, size_t dpitch, const void *sr
 {
 	size_t w = width / sizeof(T), total = w * rows;
 	int blocks = (int)SH_MIN((total + 255) / 256, (size_t)4096);
-	copy2d_kernel<T><<<blocks, 256, 0, c->st>>>((T *)dst, dpitch / sizeof(T), (const T *)src, spitch / sizeof(T), w,
-						     total);
-	CU_LAUNCHED();
+	cu_launch(c, copy2d_kernel<T>, blocks, 256, 0, (T *)dst, dpitch / sizeof(T), (const T *)src, spitch / sizeof(T), w,
+		  total);
 }
 
 /* A kernel, not cudaMemcpy2DAsync: that takes ~20 us for the prefill's narrow rows (64 floats by
@@ -361,6 +393,15 @@ static void cu_free(struct eng_backend *be)
 	free(c->btmp);
 	for (int i = 0; i < CU_SCR_N; i++)
 		cudaFree(c->scratch[i]);
+	for (int k = 0; k < c->n_side; k++) {
+		cudaStreamSynchronize(c->side[k]);
+		cublasDestroy(c->side_blas[k]);
+		cudaStreamDestroy(c->side[k]);
+		cudaEventDestroy(c->side_join[k]);
+		cudaFree(c->side_ws[k]);
+	}
+	if (c->n_side)
+		cudaEventDestroy(c->side_fork);
 	cublasDestroy(c->blas);
 	cudaStreamDestroy(c->st);
 	free(c);
@@ -436,6 +477,8 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	be->moe_route = cu_moe_route;
 	be->moe_ffn = cu_moe_ffn;
 	be->matmul_heads = cu_matmul_heads;
+	be->matmul2 = cu_matmul2;
+	be->add_rmsnorm = cu_add_rmsnorm;
 	be->step_begin = cu_step_begin;
 	be->step_end = cu_step_end;
 	be->step_forget = cu_step_forget;

@@ -97,6 +97,8 @@ struct cu_step {
 	long replays, records, eager;
 };
 
+#define CU_SIDE 4
+
 struct cu {
 	int device;
 	cudaDeviceProp prop;
@@ -114,6 +116,13 @@ struct cu {
 	struct cu_heads *hd;
 	int n_hd;
 	void *blas_ws;          /* cuBLAS workspace, set once: no allocation inside a recorded step */
+	/* side streams for independent GEMMs of a prefill (cu_side_*): each its own cuBLAS handle and
+	 * workspace; made on first use (never inside a recorded step) */
+	int n_side;
+	cudaStream_t side[CU_SIDE];
+	cublasHandle_t side_blas[CU_SIDE];
+	void *side_ws[CU_SIDE];
+	cudaEvent_t side_fork, side_join[CU_SIDE];
 	unsigned gen;           /* bumped whenever a buffer a recording may hold is freed */
 	struct cu_step step;
 };
@@ -135,6 +144,13 @@ void *cu_scratch(struct cu *c, int slot, size_t bytes);
  * [pos (n) | seq_idx (n) | table (n_seqs * maxb)]; *maxb gets the table row length. */
 const int32_t *cu_batch(struct cu *c, const struct eng_batch *b, int *maxb);
 
+/* Side streams (backend.cu): cu_side_fork makes the side streams wait for the work queued so far
+ * on c->st and returns how many there are; GEMMs then go to c->side_blas[k]; cu_side_join makes
+ * c->st wait for all of them. Small GEMMs that fill a fraction of the GPU each (the MoE prefill's
+ * per-expert ones) then run side by side. */
+int cu_side_fork(struct cu *c);
+void cu_side_join(struct cu *c);
+
 /* y (n, rows) [ldy] = x (n, cols) [ldx] . W^T (+ bias) on the stream (matmul.cu); the grouped MoE
  * and the prefill paths use it too. */
 void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w *w, const float *bias, float *y,
@@ -144,8 +160,12 @@ void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w 
 void cu_embed(struct eng_backend *be, const struct eng_w *tab, const int32_t *ids, int n, float *out);
 void cu_matmul_op(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w, const float *bias,
 		  float *y, int ldy);
+void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1, float *y1, int ldy1,
+		const struct eng_w *w2, float *y2, int ldy2);
 void cu_rmsnorm(struct eng_backend *be, float *y, int ldy, const float *x, int ldx, int n, int dim, const float *w,
 		float eps);
+void cu_add_rmsnorm(struct eng_backend *be, float *x, const float *t, float *y, int n, int dim, const float *w,
+		    float eps);
 void cu_rope(struct eng_backend *be, float *x, int n, int n_heads, int ld_tok, int ld_head, const int32_t *pos,
 	     const struct eng_rope *r);
 void cu_silu_mul(struct eng_backend *be, float *g, int ldg, const float *u, int ldu, int n, int dim);

@@ -11,6 +11,7 @@ struct kvw_parts {
 __global__ void kv_write_kernel(uint8_t *pool, size_t lbb, int n_layers, int layer, const int32_t *bp, int n,
 				int maxb, cu_kvfmt f, kvw_parts parts, const float *rows, int ld)
 {
+	cu_pdl_wait();
 	int i = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 	int pos = bp[i], seq = bp[n + i];
 	const int32_t *tab = bp + 2 * n + (size_t)seq * maxb;
@@ -71,7 +72,6 @@ void cu_kv_write(struct eng_backend *be, struct eng_kv *kv, int layer, const str
 	const int32_t *bp = cu_batch(c, b, &maxb);
 	kvw_parts parts;
 	memcpy(parts.off, kv->shape.part_off, sizeof(int) * (size_t)(kv->shape.n_parts + 1));
-	kv_write_kernel<<<b->n, 256, 0, c->st>>>(kv->pool, kv->layer_block_bytes, kv->shape.n_layers, layer, bp, b->n,
-						  maxb, cu_kvfmt_of(kv), parts, rows, ld);
-	CU_LAUNCHED();
+	cu_launch(c, kv_write_kernel, b->n, 256, 0, kv->pool, kv->layer_block_bytes, kv->shape.n_layers, layer, bp, b->n,
+		  maxb, cu_kvfmt_of(kv), parts, rows, ld);
 }

@@ -92,24 +92,50 @@ static void gemv(struct cu *c, const struct eng_w *w, const float *x, int ldx, i
 }
 
 /* ---- n = 2..8 on the tensor cores (gemv.cuh: gemv_mma_rows) ---- */
+/* Up to two matrices of one input in one launch (matmul2: q and kv_a, gate and up): blocks
+ * 0 .. ceil(rows1 / 16) - 1 take W1's 16-row tiles, the rest W2's (rows2 = 0: one matrix). */
+struct mma2 {
+	const uint16_t *w[2];
+	size_t ld[2];
+	int rows[2], ldy[2];
+	float *y[2];
+	const float *bias; /* W1's only */
+};
+
 __global__ void __launch_bounds__(MMA_WARPS * 32)
-gemv_mma_kernel(const uint16_t *w, size_t ld, int rows, int cols, const float *x, int ldx, int nt, const float *bias,
-		float *y, int ldy)
+gemv_mma_kernel(mma2 a, int cols, const float *x, int ldx, int nt)
 {
 	__shared__ float red[MMA_WARPS][32][4];
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-	int row0 = blockIdx.x * 16;
-	gemv_prefetch<uint16_t, 2>(w, ld, row0 + 2 * warp, rows, cols);
+	int tiles1 = (a.rows[0] + 15) / 16, m = (int)blockIdx.x >= tiles1;
+	int row0 = ((int)blockIdx.x - m * tiles1) * 16, rows = a.rows[m];
+	const uint16_t *w = a.w[m];
+	gemv_prefetch<uint16_t, 2>(w, a.ld[m], row0 + 2 * warp, rows, cols);
 	cu_pdl_wait();
 	float v[4];
-	if (!gemv_mma_rows(w, ld, row0, rows, cols, x + (size_t)min(g, nt - 1) * ldx, red, v))
+	if (!gemv_mma_rows(w, a.ld[m], row0, rows, cols, x + (size_t)min(g, nt - 1) * ldx, red, v))
 		return;
+	const float *bias = m ? NULL : a.bias;
+	float *y = a.y[m];
 #pragma unroll
 	for (int j = 0; j < 4; j++) {
 		int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
 		if (row < rows && tok < nt)
-			y[(size_t)tok * ldy + row] = v[j] + (bias ? bias[row] : 0.0f);
+			y[(size_t)tok * a.ldy[m] + row] = v[j] + (bias ? bias[row] : 0.0f);
 	}
+}
+
+static void gemv_mma_launch(struct cu *c, const struct eng_w *w1, const float *bias, float *y1, int ldy1,
+			    const struct eng_w *w2, float *y2, int ldy2, const float *x, int ldx, int nt)
+{
+	mma2 a = {{(const uint16_t *)w1->data, w2 ? (const uint16_t *)w2->data : NULL},
+		  {w1->ld, w2 ? w2->ld : 0},
+		  {w1->rows, w2 ? w2->rows : 0},
+		  {ldy1, ldy2},
+		  {y1, y2},
+		  bias};
+	int blocks = cu_div_up(w1->rows, 16) + (w2 ? cu_div_up(w2->rows, 16) : 0);
+	cu_launch(c, gemv_mma_kernel, blocks, MMA_WARPS * 32, 0, a, w1->cols, x, ldx, nt);
 }
 
 /* The fewest tokens that take the tensor-core GEMV: 1 by default (at one token it wastes 7/8 of
@@ -189,8 +215,7 @@ void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w 
 		float *yt = y + (size_t)t0 * ldy;
 		int nt = SH_MIN(8, n - t0);
 		if (gemv_mma_ok(c, w, xt, ldx, nt)) {
-			cu_launch(c, gemv_mma_kernel, cu_div_up(w->rows, 16), MMA_WARPS * 32, 0, (const uint16_t *)w->data,
-				  w->ld, w->rows, w->cols, xt, ldx, nt, bias, yt, ldy);
+			gemv_mma_launch(c, w, bias, yt, ldy, NULL, NULL, 0, xt, ldx, nt);
 		} else {
 			gemv(c, w, xt, ldx, nt, bias, yt, ldy);
 		}
@@ -201,6 +226,18 @@ void cu_matmul_op(struct eng_backend *be, const float *x, int ldx, int n, const 
 		  float *y, int ldy)
 {
 	cu_matmul(CU(be), x, ldx, n, w, bias, y, ldy);
+}
+
+void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1, float *y1, int ldy1,
+		const struct eng_w *w2, float *y2, int ldy2)
+{
+	struct cu *c = CU(be);
+	if (n > 0 && n <= 8 && w1->cols == w2->cols && gemv_mma_ok(c, w1, x, ldx, n) && gemv_mma_ok(c, w2, x, ldx, n)) {
+		gemv_mma_launch(c, w1, NULL, y1, ldy1, w2, y2, ldy2, x, ldx, n);
+		return;
+	}
+	cu_matmul(c, x, ldx, n, w1, NULL, y1, ldy1);
+	cu_matmul(c, x, ldx, n, w2, NULL, y2, ldy2);
 }
 
 /* ---- matmul_heads: nh matmuls of one shape, one launch per 8 tokens ---- */
@@ -232,6 +269,30 @@ gemv_heads_kernel(const void *const *tab, size_t ld, int rows, int cols, const f
 		for (int t = 0; t < NT; t++)
 			if (lane == (r * NT + t) % 32 && t < nt && row0 + r < rows)
 				yh[(size_t)t * ldy + row0 + r] = acc[r][t];
+}
+
+/* The tensor-core twin (bf16, fast mode, cols % 32 == 0): grid (16-row tiles, nh), 8 tokens a
+ * launch, as gemv_mma_kernel. */
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+gemv_heads_mma_kernel(const void *const *tab, size_t ld, int rows, int cols, const float *x, int ldx, int hx, int nt,
+		      float *y, int ldy, int hy)
+{
+	__shared__ float red[MMA_WARPS][32][4];
+	int h = blockIdx.y, row0 = blockIdx.x * 16;
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+	const uint16_t *w = (const uint16_t *)tab[h];
+	gemv_prefetch<uint16_t, 2>(w, ld, row0 + 2 * warp, rows, cols);
+	cu_pdl_wait();
+	float v[4];
+	if (!gemv_mma_rows(w, ld, row0, rows, cols, x + (size_t)h * hx + (size_t)min(g, nt - 1) * ldx, red, v))
+		return;
+	float *yh = y + (size_t)h * hy;
+#pragma unroll
+	for (int j = 0; j < 4; j++) {
+		int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+		if (row < rows && tok < nt)
+			yh[(size_t)tok * ldy + row] = v[j];
+	}
 }
 
 template <typename T, int VEC, int RPW, int NT>
@@ -302,6 +363,11 @@ void cu_matmul_heads(struct eng_backend *be, const float *x, int ldx, int hx, in
 		const float *xt = x + (size_t)t0 * ldx;
 		float *yt = y + (size_t)t0 * ldy;
 		int nt = SH_MIN(8, n - t0);
+		if (aligned && gemv_mma_ok(c, &w[0], xt, ldx, nt)) {
+			cu_launch(c, gemv_heads_mma_kernel, dim3(cu_div_up(w[0].rows, 16), nh), MMA_WARPS * 32, 0, tab, w[0].ld,
+				  w[0].rows, w[0].cols, xt, ldx, hx, nt, yt, ldy, hy);
+			continue;
+		}
 		switch (w[0].dt) {
 		case ENG_DT_BF16:
 			if (aligned)

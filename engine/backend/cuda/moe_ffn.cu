@@ -12,10 +12,42 @@
  *   prefill, F32 weights (tests): each active expert through cu_matmul;
  *   combine: out[i] += sum_k wt * y[slot], in k order (deterministic, no atomics).
  * The caller's scratch is not used: slots need n*K rows, more than eng_backend_moe_scratch gives. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/backend/cuda/gemv.cuh"
+
+/* KVGATE_CUDA_MOE_PHASES=1: the prefill path prints each phase's device time (events), for tuning */
+static int moe_phases = -1;
+static cudaEvent_t moe_ev[8];
+
+static void moe_mark(struct cu *c, int i)
+{
+	if (moe_phases < 0) {
+		const char *e = getenv("KVGATE_CUDA_MOE_PHASES");
+		moe_phases = e && *e == '1';
+		for (int k = 0; moe_phases && k < 8; k++)
+			CU_CHECK(cudaEventCreate(&moe_ev[k]));
+	}
+	if (moe_phases)
+		CU_CHECK(cudaEventRecord(moe_ev[i], c->st));
+}
+
+static void moe_marks_print(int n, int mode, int na, int cmax) /* mode: moe_gg_mode's, or 9: padded */
+{
+	static const char *nm[6] = {"lists+offsets", "gather", "gate/up", "act", "down", "combine"};
+	if (!moe_phases)
+		return;
+	CU_CHECK(cudaEventSynchronize(moe_ev[6]));
+	fprintf(stderr, "moe prefill n=%d mode %d, %d experts, largest count %d:", n, mode, na, cmax);
+	for (int k = 0; k < 6; k++) {
+		float ms;
+		CU_CHECK(cudaEventElapsedTime(&ms, moe_ev[k], moe_ev[k + 1]));
+		fprintf(stderr, " %s %.3f", nm[k], ms);
+	}
+	fprintf(stderr, " ms\n");
+}
 
 #define MOE_WARPS 4
 #define MOE_RPW 2
@@ -30,6 +62,7 @@ struct moe_lists {
  * expert's list changes no result: every slot is computed on its own and combined in k order). */
 __global__ void moe_lists_kernel(const int32_t *idx, int nK, int E, moe_lists L)
 {
+	cu_pdl_wait();
 	__shared__ int cnt[ROUTE_EMAX], off[ROUTE_EMAX + 1], fill[ROUTE_EMAX];
 	for (int e = threadIdx.x; e < E; e += blockDim.x)
 		cnt[e] = 0, fill[e] = 0;
@@ -119,6 +152,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
 moe_mma_kernel(const void *const *tab, int E, int rows, int cols, size_t ld, const float *xsrc, int ldx, int gather,
 	       int K, moe_lists L, float *y0, float *y1, int ldy)
 {
+	cu_pdl_wait();
 	__shared__ float red[MMA_WARPS][32][4];
 	int z = blockIdx.z;
 	if (z >= L.act[E])
@@ -145,6 +179,7 @@ moe_mma_kernel(const void *const *tab, int E, int rows, int cols, size_t ld, con
 
 __global__ void moe_act_kernel(float *g, const float *u, size_t total)
 {
+	cu_pdl_wait();
 	for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total; t += (size_t)gridDim.x * blockDim.x) {
 		float x = g[t];
 		g[t] = x / (1.0f + expf(-x)) * u[t];
@@ -175,6 +210,7 @@ __device__ __forceinline__ float moe_f(__half v)
 template <typename Y>
 __global__ void moe_combine_kernel(float *out, const Y *y, const float *wt, const int *inv, int dim, int K)
 {
+	cu_pdl_wait();
 	int i = blockIdx.x;
 	for (int d = blockIdx.y * blockDim.x + threadIdx.x; d < dim; d += gridDim.y * blockDim.x) {
 		float s = out[(size_t)i * dim + d];
@@ -389,24 +425,44 @@ static void moe_sets(struct moe_set *gu, struct moe_set *dn, const struct moe_pf
 	}
 }
 
-/* The set as one grouped GEMM (dA, dB, dC: its device pointer arrays), or one cublasGemmEx per
- * problem; returns the grouped call's status, which the caller checks (NOT_SUPPORTED: fall back). */
-static cublasStatus_t moe_set_run(struct cu *c, const struct moe_set *s, const void *const *dA, const void *const *dB,
-				  void *const *dC, cudaDataType_t ab, cudaDataType_t ct, int grouped)
+/* Problems lo..hi-1 of the set on handle h: one grouped GEMM (dA, dB, dC: the set's device pointer
+ * arrays), or one cublasGemmEx each; returns the grouped call's status (NOT_SUPPORTED: fall back). */
+static cublasStatus_t moe_set_part(cublasHandle_t h, const struct moe_set *s, int lo, int hi, const void *const *dA,
+				   const void *const *dB, void *const *dC, cudaDataType_t ab, cudaDataType_t ct,
+				   int grouped)
 {
 	if (grouped) {
 #if CUBLAS_VERSION >= 120500
-		return cublasGemmGroupedBatchedEx(c->blas, s->ta, s->tb, s->m, s->n, s->k, s->alpha, dA, ab, s->lda, dB, ab,
-						  s->ldb, s->beta, dC, ct, s->ldc, s->ng, s->one, CUBLAS_COMPUTE_32F);
+		return cublasGemmGroupedBatchedEx(h, s->ta + lo, s->tb + lo, s->m + lo, s->n + lo, s->k + lo, s->alpha + lo,
+						  dA + lo, ab, s->lda + lo, dB + lo, ab, s->ldb + lo, s->beta + lo, dC + lo,
+						  ct, s->ldc + lo, hi - lo, s->one + lo, CUBLAS_COMPUTE_32F);
 #else
 		return CUBLAS_STATUS_NOT_SUPPORTED;
 #endif
 	}
-	for (int i = 0; i < s->ng; i++)
-		CUBLAS_CHECK(cublasGemmEx(c->blas, s->ta[i], s->tb[i], s->m[i], s->n[i], s->k[i], &s->alpha[i], s->A[i], ab,
+	for (int i = lo; i < hi; i++)
+		CUBLAS_CHECK(cublasGemmEx(h, s->ta[i], s->tb[i], s->m[i], s->n[i], s->k[i], &s->alpha[i], s->A[i], ab,
 					  s->lda[i], s->B[i], ab, s->ldb[i], &s->beta[i], s->C[i], ct, s->ldc[i],
 					  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 	return CUBLAS_STATUS_SUCCESS;
+}
+
+/* The set split in contiguous parts over the side streams (cu_side_fork): one expert's GEMM fills
+ * a fraction of the GPU (192 tokens x 1408 rows: ~20 tiles of 128 x 128 for 132 SMs), and run 8
+ * had the grouped call at 0.94 ms a layer for ~0.2 TFLOP. Returns the first part's status: a
+ * grouped call that is not supported fails there, before any other part is queued. */
+static cublasStatus_t moe_set_run(struct cu *c, const struct moe_set *s, const void *const *dA, const void *const *dB,
+				  void *const *dC, cudaDataType_t ab, cudaDataType_t ct, int grouped)
+{
+	int ns = SH_MIN(cu_side_fork(c), s->ng), lo = 0;
+	cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+	for (int k = 0; k < ns && st == CUBLAS_STATUS_SUCCESS; k++) {
+		int hi = (int)((long)s->ng * (k + 1) / ns);
+		st = moe_set_part(c->side_blas[k], s, lo, hi, dA, dB, dC, ab, ct, grouped);
+		lo = hi;
+	}
+	cu_side_join(c);
+	return st;
 }
 
 /* How the prefill's GEMMs run, per 16-bit weight type (0 BF16, 1 F16), found by the first call and
@@ -438,6 +494,7 @@ static int moe_prefill16(struct cu *c, const struct moe_pf *p)
 	else
 		moe_gather16_kernel<T, 1><<<p->nK, 256, 0, c->st>>>((T *)p->xs, p->x, p->dim, p->K, p->L.lst);
 	CU_LAUNCHED();
+	moe_mark(c, 2);
 
 	/* grouped: every matrix pointer 16-byte aligned (cuBLAS's rule for 16-bit types, simplified) */
 	int can = moe_grouped_on && experts_aligned(p->gate, p->up, p->down, E, 8);
@@ -469,6 +526,7 @@ static int moe_prefill16(struct cu *c, const struct moe_pf *p)
 	}
 	if (can)
 		*mode = md;
+	moe_mark(c, 3);
 
 	size_t total = (size_t)p->nK * p->inter;
 	int blocks = cu_div_up((long)total, 256);
@@ -478,6 +536,7 @@ static int moe_prefill16(struct cu *c, const struct moe_pf *p)
 		moe_act16_kernel<float, T>
 			<<<blocks, 256, 0, c->st>>>((T *)p->h, (const float *)p->g, (const float *)p->u, total);
 	CU_LAUNCHED();
+	moe_mark(c, 4);
 
 	cublasStatus_t st = moe_set_run(c, dn, P + 6 * E, P + 7 * E, (void *const *)(P + 8 * E), ab, ct,
 					md != MOE_GG_LOOP);
@@ -487,9 +546,93 @@ static int moe_prefill16(struct cu *c, const struct moe_pf *p)
 	}
 	if (st != CUBLAS_STATUS_SUCCESS)
 		moe_die(st, __LINE__);
+	moe_mark(c, 5);
 	free(gu);
 	return (int)cs;
 }
+
+/* ---- prefill, padded: every active expert's rows padded to the largest count, so that each GEMM
+ * set is one cublasGemmBatchedEx of equal problems, all their tiles in one launch (run 10: the
+ * grouped call ran the 2 x 64 gate/up problems at ~300 TFLOP/s). Taken when the padding at most
+ * doubles the rows (routing not far from balanced); skewed routing keeps the grouped path. ---- */
+
+/* pad row b = z * cmax + q: the x row of the z-th active expert's q-th slot, zeros past its count
+ * (x 16-byte aligned, dim % 4 == 0) */
+template <typename T>
+__global__ void moe_gather_pad_kernel(T *xs, const float *x, int dim, int K, int cmax, moe_lists L)
+{
+	int b = blockIdx.x, z = b / cmax, q = b - z * cmax, e = L.act[z], beg = L.off[e];
+	T *dst = xs + (size_t)b * dim;
+	const float *src = q < L.off[e + 1] - beg ? x + (size_t)(L.lst[beg + q] / K) * dim : NULL;
+	for (int d = threadIdx.x * 4; d < dim; d += blockDim.x * 4) {
+		float4 v = src ? __ldg((const float4 *)(src + d)) : make_float4(0, 0, 0, 0);
+		*(uint2 *)(dst + d) = make_uint2(moe_pack2<T>(v.x, v.y), moe_pack2<T>(v.z, v.w));
+	}
+}
+
+/* the batched calls' pointer arrays (P: gate/up A (2na: gates then ups), B (2na), C (2na), down A,
+ * B, C (na each)) and, per slot j, its padded row (pinv) */
+template <typename T>
+__global__ void moe_pad_ptrs_kernel(const void *const *tab, int E, moe_lists L, int na, int cmax, const T *xs,
+				    int dim, int inter, float *g, float *u, const T *h, float *y, const void **P,
+				    const int32_t *idx, int nK, int *pinv)
+{
+	int t = blockIdx.x * blockDim.x + threadIdx.x;
+	if (t < na) {
+		int e = L.act[t];
+		size_t r = (size_t)t * cmax;
+		P[t] = tab[e], P[na + t] = tab[E + e];
+		P[2 * na + t] = P[3 * na + t] = xs + r * dim;
+		P[4 * na + t] = g + r * inter, P[5 * na + t] = u + r * inter;
+		P[6 * na + t] = tab[2 * E + e], P[7 * na + t] = h + r * inter, P[8 * na + t] = y + r * dim;
+	}
+	if (t < nK) { /* act[] lists the active experts in increasing id */
+		int e = idx[t], z = 0;
+		while (L.act[z] != e)
+			z++;
+		pinv[t] = z * cmax + L.inv[t] - L.off[e];
+	}
+}
+
+/* y (na * cmax, dim) fp32 and pinv (nK) for the combine; the scratch is CU_SCR_GEMM's */
+template <typename T>
+static void moe_prefill_pad(struct cu *c, const float *x, int dim, int inter, int K, int E, int nK, const int32_t *idx,
+			    const void *const *tab, size_t ld_gu, size_t ld_d, moe_lists L, int na, int cmax, float **y,
+			    const int **pinv)
+{
+	cudaDataType_t ab = std::is_same<T, __nv_bfloat16>::value ? CUDA_R_16BF : CUDA_R_16F;
+	size_t rows = (size_t)na * cmax;
+	size_t o_u = moe_al(rows * inter * 4), o_y = o_u + moe_al(rows * inter * 4), o_xs = o_y + moe_al(rows * dim * 4);
+	size_t o_h = o_xs + moe_al(rows * dim * 2), o_p = o_h + moe_al(rows * inter * 2);
+	size_t o_pi = o_p + moe_al(sizeof(void *) * 9 * (size_t)na), o_end = o_pi + sizeof(int) * (size_t)nK;
+	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_GEMM, o_end);
+	float *g = (float *)s, *u = (float *)(s + o_u);
+	T *xs = (T *)(s + o_xs), *h = (T *)(s + o_h);
+	const void **P = (const void **)(s + o_p);
+	*y = (float *)(s + o_y);
+	*pinv = (const int *)(s + o_pi);
+
+	moe_gather_pad_kernel<T><<<(unsigned)rows, 256, 0, c->st>>>(xs, x, dim, K, cmax, L);
+	CU_LAUNCHED();
+	moe_pad_ptrs_kernel<T><<<cu_div_up(SH_MAX(na, nK), 256), 256, 0, c->st>>>(
+		tab, E, L, na, cmax, xs, dim, inter, g, u, h, *y, P, idx, nK, (int *)(s + o_pi));
+	CU_LAUNCHED();
+	moe_mark(c, 2);
+	const float one = 1.0f, zero = 0.0f;
+	CUBLAS_CHECK(cublasGemmBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, inter, cmax, dim, &one, P, ab, (int)ld_gu,
+					 P + 2 * na, ab, dim, &zero, (void *const *)(P + 4 * na), CUDA_R_32F, inter,
+					 2 * na, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	moe_mark(c, 3);
+	moe_act16_kernel<float, T><<<cu_div_up((long)(rows * inter), 256), 256, 0, c->st>>>(h, g, u, rows * inter);
+	CU_LAUNCHED();
+	moe_mark(c, 4);
+	CUBLAS_CHECK(cublasGemmBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, dim, cmax, inter, &one, P + 6 * na, ab,
+					 (int)ld_d, P + 7 * na, ab, inter, &zero, (void *const *)(P + 8 * na),
+					 CUDA_R_32F, dim, na, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	moe_mark(c, 5);
+}
+
+static int moe_pad_on = -1; /* KVGATE_CUDA_MOE_PAD=0: never the padded path */
 
 void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
 		int K, int E, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down, float *out,
@@ -520,11 +663,13 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 	L.lst = L.act + E + 1;
 	L.inv = L.lst + nK;
 	float *g = (float *)(s + o_g), *u = (float *)(s + o_u), *y = (float *)(s + o_y);
-	int ysz = 4;
+	const int *inv = L.inv; /* slot -> row of y */
+	int ysz = 4, mode = 0, na = 0, cmax = 0;
 
 	SH_BUG_ON(E > ROUTE_EMAX);
-	moe_lists_kernel<<<1, 256, 0, c->st>>>(idx, nK, E, L);
-	CU_LAUNCHED();
+	if (!small)
+		moe_mark(c, 0);
+	cu_launch(c, moe_lists_kernel, 1, 256, 0, idx, nK, E, L);
 	size_t ld_gu = gate[0].ld, ld_d = down[0].ld;
 	if (small) {
 		int zs = SH_MIN(E, nK);
@@ -533,19 +678,17 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 		int mma = !c->exact && gate[0].dt == ENG_DT_BF16 && aligned && c->prop.major >= 8 && dim % 32 == 0 &&
 			  inter % 32 == 0;
 		if (mma) {
-			moe_mma_kernel<<<dim3(cu_div_up(inter, 16), 2, zs), MMA_WARPS * 32, 0, c->st>>>(
-				tab, E, inter, dim, ld_gu, x, dim, 1, K, L, g, u, inter);
-			CU_LAUNCHED();
+			cu_launch(c, moe_mma_kernel, dim3(cu_div_up(inter, 16), 2, zs), MMA_WARPS * 32, 0, tab, E, inter, dim,
+				  ld_gu, x, dim, 1, K, L, g, u, inter);
 		} else {
 			dim3 g1(cu_div_up(inter, MOE_WARPS * MOE_RPW), 2, zs);
 			moe_gemv_any(c, gate[0].dt, aligned, g1, tab, E, inter, dim, ld_gu, x, dim, 1, K, L, g, u, inter);
 		}
-		moe_act_kernel<<<cu_div_up((long)nK * inter, 256), 256, 0, c->st>>>(g, u, (size_t)nK * inter);
-		CU_LAUNCHED();
+		cu_launch(c, moe_act_kernel, cu_div_up((long)nK * inter, 256), 256, 0, g, (const float *)u,
+			  (size_t)nK * inter);
 		if (mma) {
-			moe_mma_kernel<<<dim3(cu_div_up(dim, 16), 1, zs), MMA_WARPS * 32, 0, c->st>>>(
-				tab + 2 * E, E, dim, inter, ld_d, g, inter, 0, K, L, y, y, dim);
-			CU_LAUNCHED();
+			cu_launch(c, moe_mma_kernel, dim3(cu_div_up(dim, 16), 1, zs), MMA_WARPS * 32, 0, tab + 2 * E, E, dim,
+				  inter, ld_d, (const float *)g, inter, 0, K, L, y, y, dim);
 		} else {
 			dim3 g2(cu_div_up(dim, MOE_WARPS * MOE_RPW), 1, zs);
 			moe_gemv_any(c, gate[0].dt, aligned && inter % 4 == 0, g2, tab + 2 * E, E, dim, inter, ld_d, g, inter, 0,
@@ -555,10 +698,27 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 		int *hoff = (int *)sh_malloc(sizeof(int) * (size_t)(E + 1));
 		CU_CHECK(cudaMemcpyAsync(hoff, L.off, sizeof(int) * (size_t)(E + 1), cudaMemcpyDeviceToHost, c->st));
 		CU_CHECK(cudaStreamSynchronize(c->st));
-		if (w16) {
+		moe_mark(c, 1);
+		for (int e = 0; e < E; e++) {
+			na += hoff[e + 1] > hoff[e];
+			cmax = SH_MAX(cmax, hoff[e + 1] - hoff[e]);
+		}
+		if (moe_pad_on < 0) {
+			const char *ev = getenv("KVGATE_CUDA_MOE_PAD");
+			moe_pad_on = !(ev && *ev == '0');
+		}
+		if (w16 && moe_pad_on && aligned && (size_t)na * cmax <= (size_t)nK * 2) {
+			if (gate[0].dt == ENG_DT_BF16)
+				moe_prefill_pad<__nv_bfloat16>(c, x, dim, inter, K, E, nK, idx, tab, ld_gu, ld_d, L, na, cmax, &y,
+							       &inv);
+			else
+				moe_prefill_pad<__half>(c, x, dim, inter, K, E, nK, idx, tab, ld_gu, ld_d, L, na, cmax, &y, &inv);
+			mode = 9;
+		} else if (w16) {
 			struct moe_pf p = {hoff, x, dim, inter, K, E, nK, gate, up, down, tab, L, (uint8_t *)g, (uint8_t *)u,
 					   (uint8_t *)y, s + o_xs, s + o_h, (const void **)(s + o_p)};
 			ysz = gate[0].dt == ENG_DT_BF16 ? moe_prefill16<__nv_bfloat16>(c, &p) : moe_prefill16<__half>(c, &p);
+			mode = moe_gg_mode[gate[0].dt == ENG_DT_F16];
 		} else {
 			float *xs = (float *)(s + o_xs);
 			moe_gather_kernel<<<nK, 256, 0, c->st>>>(xs, x, dim, K, L.lst);
@@ -586,10 +746,14 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 	/* a block per (token, 256 columns): one block a token left the step on one SM */
 	dim3 cg(n, cu_div_up(dim, 256));
 	if (ysz == 4)
-		moe_combine_kernel<float><<<cg, 256, 0, c->st>>>(out, y, wt, L.inv, dim, K);
+		cu_launch(c, moe_combine_kernel<float>, cg, 256, 0, out, (const float *)y, wt, inv, dim, K);
 	else if (gate[0].dt == ENG_DT_BF16)
-		moe_combine_kernel<__nv_bfloat16><<<cg, 256, 0, c->st>>>(out, (const __nv_bfloat16 *)y, wt, L.inv, dim, K);
+		moe_combine_kernel<__nv_bfloat16><<<cg, 256, 0, c->st>>>(out, (const __nv_bfloat16 *)y, wt, inv, dim, K);
 	else
-		moe_combine_kernel<__half><<<cg, 256, 0, c->st>>>(out, (const __half *)y, wt, L.inv, dim, K);
+		moe_combine_kernel<__half><<<cg, 256, 0, c->st>>>(out, (const __half *)y, wt, inv, dim, K);
 	CU_LAUNCHED();
+	if (!small && w16) {
+		moe_mark(c, 6);
+		moe_marks_print(n, mode, na, cmax);
+	}
 }

@@ -9,6 +9,7 @@
 
 __global__ void moe_route_kernel(const float *logits, int n, struct eng_moe_route r, int32_t *idx, float *wt)
 {
+	cu_pdl_wait();
 	__shared__ float sp[ROUTE_WARPS][ROUTE_MAXE], sm[ROUTE_WARPS][ROUTE_MAXE];
 	int w = threadIdx.x >> 5, lane = threadIdx.x & 31, i = blockIdx.x * ROUTE_WARPS + w;
 	if (i >= n)
@@ -95,6 +96,5 @@ void cu_moe_route(struct eng_backend *be, const float *logits, int n, const stru
 	if (n <= 0)
 		return;
 	SH_BUG_ON(r->n_experts > ROUTE_MAXE || r->n_group > ROUTE_MAXE);
-	moe_route_kernel<<<cu_div_up(n, ROUTE_WARPS), ROUTE_WARPS * 32, 0, CU(be)->st>>>(logits, n, *r, idx, wt);
-	CU_LAUNCHED();
+	cu_launch(CU(be), moe_route_kernel, cu_div_up(n, ROUTE_WARPS), ROUTE_WARPS * 32, 0, logits, n, *r, idx, wt);
 }

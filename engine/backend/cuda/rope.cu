@@ -5,6 +5,7 @@
 __global__ void rope_kernel(float *x, int n, int n_heads, int ld_tok, int ld_head, const int32_t *pos,
 			    struct eng_rope r)
 {
+	cu_pdl_wait();
 	int half = r.dim / 2;
 	long total = (long)n * n_heads * half;
 	for (long t = blockIdx.x * (long)blockDim.x + threadIdx.x; t < total; t += (long)gridDim.x * blockDim.x) {
@@ -31,6 +32,5 @@ void cu_rope(struct eng_backend *be, float *x, int n, int n_heads, int ld_tok, i
 	const int32_t *dpos = cu_upload(c, CU_UP_POS, pos, (size_t)n);
 	long total = (long)n * n_heads * (r->dim / 2);
 	int blocks = (int)SH_MIN((total + 255) / 256, 4096L);
-	rope_kernel<<<blocks, 256, 0, c->st>>>(x, n, n_heads, ld_tok, ld_head, dpos, *r);
-	CU_LAUNCHED();
+	cu_launch(c, rope_kernel, blocks, 256, 0, x, n, n_heads, ld_tok, ld_head, dpos, *r);
 }

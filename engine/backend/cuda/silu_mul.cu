@@ -3,6 +3,7 @@
 
 __global__ void silu_mul_kernel(float *g, int ldg, const float *u, int ldu, int n, int dim)
 {
+	cu_pdl_wait();
 	long total = (long)n * dim;
 	for (long t = blockIdx.x * (long)blockDim.x + threadIdx.x; t < total; t += (long)gridDim.x * blockDim.x) {
 		int i = (int)(t / dim), d = (int)(t % dim);
@@ -17,6 +18,5 @@ void cu_silu_mul(struct eng_backend *be, float *g, int ldg, const float *u, int 
 	if (total <= 0)
 		return;
 	int blocks = (int)SH_MIN((total + 255) / 256, 8192L);
-	silu_mul_kernel<<<blocks, 256, 0, CU(be)->st>>>(g, ldg, u, ldu, n, dim);
-	CU_LAUNCHED();
+	cu_launch(CU(be), silu_mul_kernel, blocks, 256, 0, g, ldg, u, ldu, n, dim);
 }
