@@ -63,7 +63,7 @@ LDLIBS_ENGINE = -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 
-.PHONY: all deps deps-test deps-bench test run asan fuzz clean bench-proxy bench-engine-cpu bench-tokenizer bench-routing soak soak-asan units integ
+.PHONY: all deps deps-test deps-bench test run asan fuzz clean bench-proxy bench-engine-cpu bench-engine-cuda bench-tokenizer bench-routing soak soak-asan units integ
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 all: $(KVGATE) $(LIBSHARED) $(if $(wildcard engine/main.c),$(ENGINE)) $(TESTBINS)
 
@@ -173,6 +173,14 @@ $(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(LIBSHARED)
 bench-engine-cpu: deps-test
 	@$(MAKE) --no-print-directory all
 	@sh bench/engine_cpu.sh $(BUILD)
+
+# On a machine with an NVIDIA GPU and nvcc: the CUDA decode/prefill table (bench_cuda_decode), then
+# transformers on the same shape when python3 has it (bench/cuda_peer.py); notes in bench/NOTES-cuda.md.
+bench-engine-cuda: deps
+	@sh tests/cuda/build.sh
+	@sh tests/cuda/run.sh bench
+	@if python3 -c 'import torch, transformers' 2>/dev/null; then python3 bench/cuda_peer.py; \
+	else echo "bench-engine-cuda: no torch/transformers here: the peer was not run"; fi
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -623,9 +623,11 @@ static void check_dense(int quick)
 	static const struct {
 		int n, ctx, exact, timed;
 	} cases[] = {
-		{37, 37, 0, 0}, {300, 300, 0, 0}, {100, 300, 0, 0}, {1, 1, 0, 0},
-		{1, 517, 0, 0}, {37, 37, 1, 0},   {2048, 2048, 0, 1},
+		{37, 37, 0, 0}, {300, 300, 0, 0}, {100, 300, 0, 0}, {1, 1, 0, 0},   {1, 517, 0, 0},
+		{64, 64, 0, 0}, {65, 200, 0, 0},  {129, 129, 0, 0}, {37, 37, 1, 0},  {2048, 2048, 0, 1},
 	};
+	/* the tensor-core path: the flash kernel unless KVGATE_CUDA_FLASH=0 (then cuBLAS) */
+	const char *fe = getenv("KVGATE_CUDA_FLASH"), *tc = fe && *fe == '0' ? "cublas" : "flash";
 	int nh = 16, dq = 192, dv = 128;
 	float scale = 0.1147f;
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -650,8 +652,8 @@ static void check_dense(int quick)
 		}
 		eng_cuda_set_exact(gpu, 0);
 		char shape[96];
-		snprintf(shape, sizeof(shape), "n=%d ctx=%d 16h dq192 dv128 %s", n, ctx, exact ? "simt" : "cublas");
-		/* SIMT: summation order only. cuBLAS: q, k, v and the probabilities rounded to bf16 (8
+		snprintf(shape, sizeof(shape), "n=%d ctx=%d 16h dq192 dv128 %s", n, ctx, exact ? "simt" : tc);
+		/* SIMT: summation order only. Flash / cuBLAS: q, k, v and the probabilities rounded to bf16 (8
 		 * significant bits: relative error up to 2^-8, rms ~1.6e-3), fp32 accumulation. An output
 		 * sum_j p_j v_j whose terms carry independent relative errors (of p_j and of v_j) has an NMSE
 		 * of about the sum of their mean squares, 2 * 2.5e-6, whatever the attention's sharpness;

@@ -245,18 +245,22 @@ __device__ __forceinline__ float fl_ex2(float x) /* 2^x; 2^-inf = 0 */
 }
 
 /* Rows row0..row0+63 of src (row stride lds elements, C 16-byte chunks a row) into dst (row stride
- * S elements); rows from lim on are zero-filled. Consecutive threads copy consecutive chunks of a
- * row (coalesced reads, conflict-free writes). */
+ * S elements); rows from lim on are zero-filled. Thread t copies chunks t % 8 + 8k of rows t / 8 +
+ * 16r: 8 threads read a row's 128 contiguous bytes (whole lines) and write 128 contiguous bytes of
+ * shared memory (conflict-free), and a thread's addresses are one base plus uniform steps. */
 template <int C, int S>
 __device__ __forceinline__ void fl_load(__nv_bfloat16 *dst, const __nv_bfloat16 *src, size_t lds, int row0, int lim)
 {
-	static_assert(FL_BN * C % (FL_WARPS * 32) == 0, "whole chunks a thread");
+	static_assert(C % 8 == 0 && FL_BN % 16 == 0 && FL_WARPS == 4, "8 threads a row, 16 rows a pass");
+	int tr = (int)threadIdx.x >> 3, tc = ((int)threadIdx.x & 7) * 8;
+	const __nv_bfloat16 *sb = src + (size_t)(row0 + tr) * lds + tc;
+	__nv_bfloat16 *db = dst + tr * S + tc;
 #pragma unroll
-	for (int r = 0; r < FL_BN * C / (FL_WARPS * 32); r++) {
-		int c = (int)threadIdx.x + r * FL_WARPS * 32, row = c / C, ch = c % C;
-		int ok = row0 + row < lim;
-		const __nv_bfloat16 *sp = ok ? src + (size_t)(row0 + row) * lds + ch * 8 : src;
-		fl_cp16(dst + row * S + ch * 8, sp, ok ? 16 : 0);
+	for (int r = 0; r < FL_BN / 16; r++) {
+		int ok = row0 + tr + 16 * r < lim;
+#pragma unroll
+		for (int k = 0; k < C / 8; k++)
+			fl_cp16(db + 16 * r * S + 64 * k, ok ? sb + (size_t)16 * r * lds + 64 * k : src, ok ? 16 : 0);
 	}
 }
 
@@ -495,8 +499,6 @@ static void dense_fast(struct cu *c, const float *q, const int32_t *dpos, int n,
 	__nv_bfloat16 *qb = (__nv_bfloat16 *)(ws + oq); /* (n, nh, dq) */
 	__nv_bfloat16 *kb = (__nv_bfloat16 *)(ws + ok); /* (ctx, nh, dq) */
 	__nv_bfloat16 *vb = (__nv_bfloat16 *)(ws + ov); /* (ctx, nh, dv) */
-	float *s = (float *)(ws + os);                  /* (hg, n, lds) */
-	__nv_bfloat16 *p = (__nv_bfloat16 *)(ws + op);  /* (hg, n, lds) */
 
 	/* 1. q, k, v to bf16 */
 	dense_cvt a = {{q, k, v}, {qb, kb, vb}, {nq, nkk, nv}};
@@ -507,6 +509,8 @@ static void dense_fast(struct cu *c, const float *q, const int32_t *dpos, int n,
 		flash_launch<192, 128>(c, qb, dpos, n, kb, vb, ctx, nh, scale, out);
 		return;
 	}
+	float *s = (float *)(ws + os);                 /* (hg, n, lds) */
+	__nv_bfloat16 *p = (__nv_bfloat16 *)(ws + op); /* (hg, n, lds) */
 
 	const float zero = 0.0f, one = 1.0f;
 	for (int h0 = 0; h0 < nh; h0 += hg) {

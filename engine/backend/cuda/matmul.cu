@@ -153,16 +153,34 @@ static int gemv_mma_ok(struct cu *c, const struct eng_w *w, const float *x, int 
 	       gemv_aligned(w, x, ldx, 8);
 }
 
-template <typename T>
+/* dst (n, cols) = x rounded to T, a block row per token (no 64-bit division per element: it made
+ * this kernel a visible share of a prefill's matmuls); VEC 4: float4 in, 8 bytes out (rows of x
+ * 16-byte aligned, cols % 4 == 0) */
+template <typename T> __device__ __forceinline__ T to_half1(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 to_half1<__nv_bfloat16>(float v)
+{
+	return __float2bfloat16_rn(v);
+}
+template <> __device__ __forceinline__ __half to_half1<__half>(float v)
+{
+	return __float2half_rn(v);
+}
+
+template <typename T, int VEC>
 __global__ void to_half_kernel(T *dst, const float *x, int ldx, int n, int cols)
 {
-	long total = (long)n * cols;
-	for (long t = blockIdx.x * (long)blockDim.x + threadIdx.x; t < total; t += (long)gridDim.x * blockDim.x) {
-		float v = x[(size_t)(t / cols) * ldx + t % cols];
-		if constexpr (sizeof(T) == 2 && std::is_same<T, __nv_bfloat16>::value)
-			dst[t] = __float2bfloat16_rn(v);
-		else
-			dst[t] = __float2half_rn(v);
+	for (int r = blockIdx.y; r < n; r += gridDim.y) {
+		const float *xr = x + (size_t)r * ldx;
+		T *dr = dst + (size_t)r * cols;
+		for (int k = (blockIdx.x * blockDim.x + threadIdx.x) * VEC; k < cols; k += gridDim.x * blockDim.x * VEC) {
+			if constexpr (VEC == 4) {
+				float4 v = *(const float4 *)(xr + k);
+				T o[4] = {to_half1<T>(v.x), to_half1<T>(v.y), to_half1<T>(v.z), to_half1<T>(v.w)};
+				*(uint2 *)(dr + k) = *(const uint2 *)o;
+			} else {
+				dr[k] = to_half1<T>(xr[k]);
+			}
+		}
 	}
 }
 
@@ -173,23 +191,36 @@ __global__ void bias_kernel(float *y, int ldy, int n, int rows, const float *bia
 		y[(size_t)(t / rows) * ldy + t % rows] += bias[t % rows];
 }
 
+/* x (n, cols) [ldx] rounded to the 16-bit type dt in CU_SCR_GEMM, contiguous (cols a row) */
+static void *gemm_input(struct cu *c, const float *x, int ldx, int n, int cols, enum eng_dtype dt)
+{
+	void *xh = cu_scratch(c, CU_SCR_GEMM, (size_t)n * cols * 2);
+	int v4 = cols % 4 == 0 && ldx % 4 == 0 && (uintptr_t)x % 16 == 0;
+	dim3 grid(cu_div_up(cols, v4 ? 1024 : 256), SH_MIN(n, 32768));
+	if (dt == ENG_DT_BF16 && v4)
+		to_half_kernel<__nv_bfloat16, 4><<<grid, 256, 0, c->st>>>((__nv_bfloat16 *)xh, x, ldx, n, cols);
+	else if (dt == ENG_DT_BF16)
+		to_half_kernel<__nv_bfloat16, 1><<<grid, 256, 0, c->st>>>((__nv_bfloat16 *)xh, x, ldx, n, cols);
+	else if (v4)
+		to_half_kernel<__half, 4><<<grid, 256, 0, c->st>>>((__half *)xh, x, ldx, n, cols);
+	else
+		to_half_kernel<__half, 1><<<grid, 256, 0, c->st>>>((__half *)xh, x, ldx, n, cols);
+	CU_LAUNCHED();
+	return xh;
+}
+
+/* y = x . W^T on cuBLAS; xh: x already in W's 16-bit type (gemm_input), or NULL to make it here */
 static void gemm(struct cu *c, const float *x, int ldx, int n, const struct eng_w *w, const float *bias, float *y,
-		 int ldy)
+		 int ldy, const void *xh)
 {
 	const float one = 1.0f, zero = 0.0f;
 	if (w->dt == ENG_DT_F32) {
 		CUBLAS_CHECK(cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, n, w->cols, &one,
 					 (const float *)w->data, (int)w->ld, x, ldx, &zero, y, ldy));
 	} else {
-		void *xh = cu_scratch(c, CU_SCR_GEMM, (size_t)n * w->cols * 2);
-		long total = (long)n * w->cols;
-		int blocks = (int)SH_MIN((total + 255) / 256, 8192L);
+		if (!xh)
+			xh = gemm_input(c, x, ldx, n, w->cols, w->dt);
 		cudaDataType_t t = w->dt == ENG_DT_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-		if (w->dt == ENG_DT_BF16)
-			to_half_kernel<__nv_bfloat16><<<blocks, 256, 0, c->st>>>((__nv_bfloat16 *)xh, x, ldx, n, w->cols);
-		else
-			to_half_kernel<__half><<<blocks, 256, 0, c->st>>>((__half *)xh, x, ldx, n, w->cols);
-		CU_LAUNCHED();
 		CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, n, w->cols, &one, w->data, t,
 					  (int)w->ld, xh, t, w->cols, &zero, y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
 					  CUBLAS_GEMM_DEFAULT));
@@ -207,7 +238,7 @@ void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w 
 	if (n <= 0 || w->rows <= 0)
 		return;
 	if (n > 8 && !c->exact) {
-		gemm(c, x, ldx, n, w, bias, y, ldy);
+		gemm(c, x, ldx, n, w, bias, y, ldy, NULL);
 		return;
 	}
 	for (int t0 = 0; t0 < n; t0 += 8) {
@@ -234,6 +265,12 @@ void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const st
 	struct cu *c = CU(be);
 	if (n > 0 && n <= 8 && w1->cols == w2->cols && gemv_mma_ok(c, w1, x, ldx, n) && gemv_mma_ok(c, w2, x, ldx, n)) {
 		gemv_mma_launch(c, w1, NULL, y1, ldy1, w2, y2, ldy2, x, ldx, n);
+		return;
+	}
+	if (n > 8 && !c->exact && w1->dt == w2->dt && w1->dt != ENG_DT_F32 && w1->cols == w2->cols) {
+		const void *xh = gemm_input(c, x, ldx, n, w1->cols, w1->dt); /* rounded once for both */
+		gemm(c, x, ldx, n, w1, NULL, y1, ldy1, xh);
+		gemm(c, x, ldx, n, w2, NULL, y2, ldy2, xh);
 		return;
 	}
 	cu_matmul(c, x, ldx, n, w1, NULL, y1, ldy1);

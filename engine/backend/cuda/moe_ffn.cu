@@ -271,6 +271,23 @@ __global__ void moe_act16_kernel(T *h, const G *g, const G *u, size_t total)
 	}
 }
 
+/* the same, 8 values a thread, 16-bit in and out (total % 8 == 0, 16-byte aligned) */
+template <typename T>
+__global__ void moe_act16x8_kernel(T *h, const T *g, const T *u, size_t total)
+{
+	for (size_t t = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) * 8; t < total; t += (size_t)gridDim.x * blockDim.x * 8) {
+		uint4 gv = *(const uint4 *)(g + t), uv = *(const uint4 *)(u + t), o;
+		const T *gp = (const T *)&gv, *up = (const T *)&uv;
+		T *op = (T *)&o;
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			float x = moe_f(gp[k]);
+			moe_st(op + k, x / (1.0f + expf(-x)) * moe_f(up[k]));
+		}
+		*(uint4 *)(h + t) = o;
+	}
+}
+
 /* The grouped GEMMs' device pointer arrays P (9E), in moe_sets' order (active experts by id):
  * gate/up A, B, C at P, P + 2E, P + 4E, problem 2z gate and 2z + 1 up of the z-th active expert;
  * down A, B, C at P + 6E, P + 7E, P + 8E, problem z. Sorted row r of a buffer: base + r * its row bytes. */
@@ -551,17 +568,21 @@ static int moe_prefill16(struct cu *c, const struct moe_pf *p)
 	return (int)cs;
 }
 
-/* ---- prefill, padded: every active expert's rows padded to the largest count, so that each GEMM
- * set is one cublasGemmBatchedEx of equal problems, all their tiles in one launch (run 10: the
- * grouped call ran the 2 x 64 gate/up problems at ~300 TFLOP/s). Taken when the padding at most
- * doubles the rows (routing not far from balanced); skewed routing keeps the grouped path. ---- */
+/* ---- prefill, padded: the active experts in up to MOE_BUCKETS buckets of similar counts, each
+ * expert's rows padded to its bucket's largest count, so that each GEMM set is one
+ * cublasGemmBatchedEx of equal problems a bucket, all their tiles in one launch (run 10: the
+ * grouped call ran the 2 x 64 gate/up problems at ~300 TFLOP/s). The buckets are the split with
+ * the fewest rows (random-weight routing in the bench sends 2,000 of 12,288 slots to one expert);
+ * taken when those rows are at most 1.5 x the slots. ---- */
+#define MOE_BUCKETS 4
 
-/* pad row b = z * cmax + q: the x row of the z-th active expert's q-th slot, zeros past its count
- * (x 16-byte aligned, dim % 4 == 0) */
+/* pad row b: the x row of its expert's q-th slot, zeros past the expert's count (rowe[b]: the
+ * expert, base[e]: its first row; x 16-byte aligned, dim % 4 == 0) */
 template <typename T>
-__global__ void moe_gather_pad_kernel(T *xs, const float *x, int dim, int K, int cmax, moe_lists L)
+__global__ void moe_gather_pad_kernel(T *xs, const float *x, int dim, int K, const int *rowe, const int *base,
+				      moe_lists L)
 {
-	int b = blockIdx.x, z = b / cmax, q = b - z * cmax, e = L.act[z], beg = L.off[e];
+	int b = blockIdx.x, e = rowe[b], q = b - base[e], beg = L.off[e];
 	T *dst = xs + (size_t)b * dim;
 	const float *src = q < L.off[e + 1] - beg ? x + (size_t)(L.lst[beg + q] / K) * dim : NULL;
 	for (int d = threadIdx.x * 4; d < dim; d += blockDim.x * 4) {
@@ -570,65 +591,133 @@ __global__ void moe_gather_pad_kernel(T *xs, const float *x, int dim, int K, int
 	}
 }
 
-/* the batched calls' pointer arrays (P: gate/up A (2na: gates then ups), B (2na), C (2na), down A,
- * B, C (na each)) and, per slot j, its padded row (pinv) */
-template <typename T>
-__global__ void moe_pad_ptrs_kernel(const void *const *tab, int E, moe_lists L, int na, int cmax, const T *xs,
-				    int dim, int inter, float *g, float *u, const T *h, float *y, const void **P,
-				    const int32_t *idx, int nK, int *pinv)
+/* slot j's padded row, for the combine */
+__global__ void moe_pad_inv_kernel(const int32_t *idx, int nK, const int *base, moe_lists L, int *pinv)
 {
-	int t = blockIdx.x * blockDim.x + threadIdx.x;
-	if (t < na) {
-		int e = L.act[t];
-		size_t r = (size_t)t * cmax;
-		P[t] = tab[e], P[na + t] = tab[E + e];
-		P[2 * na + t] = P[3 * na + t] = xs + r * dim;
-		P[4 * na + t] = g + r * inter, P[5 * na + t] = u + r * inter;
-		P[6 * na + t] = tab[2 * E + e], P[7 * na + t] = h + r * inter, P[8 * na + t] = y + r * dim;
-	}
-	if (t < nK) { /* act[] lists the active experts in increasing id */
-		int e = idx[t], z = 0;
-		while (L.act[z] != e)
-			z++;
-		pinv[t] = z * cmax + L.inv[t] - L.off[e];
-	}
+	int j = blockIdx.x * blockDim.x + threadIdx.x;
+	if (j < nK)
+		pinv[j] = base[idx[j]] + L.inv[j] - L.off[idx[j]];
 }
 
-/* y (na * cmax, dim) fp32 and pinv (nK) for the combine; the scratch is CU_SCR_GEMM's */
+/* the plan, made on the host from the counts: experts by count descending (ord), bucket k holds
+ * ord[beg[k] .. beg[k + 1] - 1], each padded to the count of its first */
+struct moe_plan {
+	int na, nbk;
+	int ord[ROUTE_EMAX], beg[MOE_BUCKETS + 1], pad[MOE_BUCKETS];
+	size_t rows;
+};
+
+static int moe_plan_make(struct moe_plan *pl, const int *hoff, int E, int nK)
+{
+	int cnt[ROUTE_EMAX], na = 0;
+	for (int e = 0; e < E; e++)
+		if (hoff[e + 1] > hoff[e])
+			pl->ord[na++] = e;
+	for (int i = 1; i < na; i++) /* insertion sort by count, descending (E <= 256) */
+		for (int j = i; j > 0 && hoff[pl->ord[j] + 1] - hoff[pl->ord[j]] > hoff[pl->ord[j - 1] + 1] - hoff[pl->ord[j - 1]];
+		     j--) {
+			int t = pl->ord[j];
+			pl->ord[j] = pl->ord[j - 1], pl->ord[j - 1] = t;
+		}
+	for (int i = 0; i < na; i++)
+		cnt[i] = hoff[pl->ord[i] + 1] - hoff[pl->ord[i]];
+	/* f[k][i]: fewest rows for the first i experts in k buckets; a bucket [j, i) costs (i - j) * cnt[j] */
+	size_t f[MOE_BUCKETS + 1][ROUTE_EMAX + 1];
+	int from[MOE_BUCKETS + 1][ROUTE_EMAX + 1];
+	for (int i = 0; i <= na; i++)
+		f[0][i] = i ? SIZE_MAX : 0;
+	for (int k = 1; k <= MOE_BUCKETS; k++)
+		for (int i = 0; i <= na; i++) {
+			f[k][i] = f[k - 1][i], from[k][i] = i; /* an empty bucket */
+			for (int j = 0; j < i; j++)
+				if (f[k - 1][j] != SIZE_MAX && f[k - 1][j] + (size_t)(i - j) * cnt[j] < f[k][i])
+					f[k][i] = f[k - 1][j] + (size_t)(i - j) * cnt[j], from[k][i] = j;
+		}
+	int ends[MOE_BUCKETS], nb = 0;
+	for (int k = MOE_BUCKETS, i = na; k > 0 && i > 0; k--)
+		if (from[k][i] != i)
+			ends[nb++] = i, i = from[k][i];
+	pl->na = na, pl->nbk = nb, pl->rows = f[MOE_BUCKETS][na];
+	pl->beg[0] = 0;
+	for (int k = 0; k < nb; k++) { /* ends were found last bucket first */
+		pl->beg[k + 1] = ends[nb - 1 - k];
+		pl->pad[k] = cnt[pl->beg[k]];
+	}
+	return na > 0 && pl->rows <= (size_t)nK + (size_t)nK / 2;
+}
+
+/* y (plan rows, dim) fp32 and pinv (nK) for the combine; the scratch is CU_SCR_GEMM's */
 template <typename T>
 static void moe_prefill_pad(struct cu *c, const float *x, int dim, int inter, int K, int E, int nK, const int32_t *idx,
-			    const void *const *tab, size_t ld_gu, size_t ld_d, moe_lists L, int na, int cmax, float **y,
-			    const int **pinv)
+			    const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down, moe_lists L,
+			    const struct moe_plan *pl, float **y, const int **pinv)
 {
 	cudaDataType_t ab = std::is_same<T, __nv_bfloat16>::value ? CUDA_R_16BF : CUDA_R_16F;
-	size_t rows = (size_t)na * cmax;
-	size_t o_u = moe_al(rows * inter * 4), o_y = o_u + moe_al(rows * inter * 4), o_xs = o_y + moe_al(rows * dim * 4);
+	size_t rows = pl->rows;
+	int na = pl->na;
+	/* g and u in T: the gate/up GEMMs round their outputs once (as transformers' bf16 run does),
+	 * which halves what they write and what silu*up reads (run 15: act 0.10 ms a layer in fp32) */
+	size_t o_u = moe_al(rows * inter * 2), o_y = o_u + moe_al(rows * inter * 2), o_xs = o_y + moe_al(rows * dim * 4);
 	size_t o_h = o_xs + moe_al(rows * dim * 2), o_p = o_h + moe_al(rows * inter * 2);
-	size_t o_pi = o_p + moe_al(sizeof(void *) * 9 * (size_t)na), o_end = o_pi + sizeof(int) * (size_t)nK;
-	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_GEMM, o_end);
-	float *g = (float *)s, *u = (float *)(s + o_u);
+	size_t o_t = o_p + moe_al(sizeof(void *) * 9 * (size_t)na), o_pi = o_t + moe_al(sizeof(int) * (rows + (size_t)E));
+	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_GEMM, o_pi + sizeof(int) * (size_t)nK);
+	T *g = (T *)s, *u = (T *)(s + o_u);
 	T *xs = (T *)(s + o_xs), *h = (T *)(s + o_h);
-	const void **P = (const void **)(s + o_p);
 	*y = (float *)(s + o_y);
 	*pinv = (const int *)(s + o_pi);
 
-	moe_gather_pad_kernel<T><<<(unsigned)rows, 256, 0, c->st>>>(xs, x, dim, K, cmax, L);
+	/* host tables: each padded row's expert and each expert's first row; the batched calls'
+	 * pointers: gate/up A, B, C (bucket by bucket, in a bucket its gates then its ups), down
+	 * A, B, C (one per expert, in bucket order) */
+	uint8_t *hb = (uint8_t *)sh_malloc(o_pi - o_p); /* laid out as the scratch from o_p: one copy */
+	const void **hp = (const void **)hb;
+	int *tb = (int *)(hb + (o_t - o_p)), *rowe = tb, *base = tb + rows;
+	size_t r = 0;
+	for (int k = 0; k < pl->nbk; k++)
+		for (int i = pl->beg[k]; i < pl->beg[k + 1]; i++) {
+			int e = pl->ord[i], nb = pl->beg[k + 1] - pl->beg[k], gi = 2 * pl->beg[k] + (i - pl->beg[k]);
+			base[e] = (int)r;
+			for (int q = 0; q < pl->pad[k]; q++)
+				rowe[r + q] = e;
+			hp[gi] = gate[e].data, hp[gi + nb] = up[e].data;
+			hp[2 * na + gi] = hp[2 * na + gi + nb] = xs + r * dim;
+			hp[4 * na + gi] = g + r * inter, hp[4 * na + gi + nb] = u + r * inter;
+			hp[6 * na + i] = down[e].data, hp[7 * na + i] = h + r * inter, hp[8 * na + i] = *y + r * dim;
+			r += (size_t)pl->pad[k];
+		}
+	const void **P = (const void **)(s + o_p);
+	int *dtb = (int *)(s + o_t);
+	/* from pageable memory: staged before the call returns, so the host tables may go at once */
+	CU_CHECK(cudaMemcpyAsync(P, hb, o_pi - o_p, cudaMemcpyHostToDevice, c->st));
+	free(hb);
+
+	moe_gather_pad_kernel<T><<<(unsigned)rows, 256, 0, c->st>>>(xs, x, dim, K, dtb, dtb + rows, L);
 	CU_LAUNCHED();
-	moe_pad_ptrs_kernel<T><<<cu_div_up(SH_MAX(na, nK), 256), 256, 0, c->st>>>(
-		tab, E, L, na, cmax, xs, dim, inter, g, u, h, *y, P, idx, nK, (int *)(s + o_pi));
+	moe_pad_inv_kernel<<<cu_div_up(nK, 256), 256, 0, c->st>>>(idx, nK, dtb + rows, L, (int *)(s + o_pi));
 	CU_LAUNCHED();
 	moe_mark(c, 2);
 	const float one = 1.0f, zero = 0.0f;
-	CUBLAS_CHECK(cublasGemmBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, inter, cmax, dim, &one, P, ab, (int)ld_gu,
-					 P + 2 * na, ab, dim, &zero, (void *const *)(P + 4 * na), CUDA_R_32F, inter,
-					 2 * na, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	for (int k = 0; k < pl->nbk; k++) { /* gate and up of the bucket's experts: one batched call */
+		int nb = pl->beg[k + 1] - pl->beg[k], o = 2 * pl->beg[k];
+		CUBLAS_CHECK(cublasGemmBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, inter, pl->pad[k], dim, &one, P + o, ab,
+						 (int)gate[0].ld, P + 2 * na + o, ab, dim, &zero,
+						 (void *const *)(P + 4 * na + o), ab, inter, 2 * nb,
+						 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	}
 	moe_mark(c, 3);
-	moe_act16_kernel<float, T><<<cu_div_up((long)(rows * inter), 256), 256, 0, c->st>>>(h, g, u, rows * inter);
+	if (inter % 8 == 0) /* every row of g, u, h 16-byte aligned (the scratch pieces are) */
+		moe_act16x8_kernel<T><<<cu_div_up((long)(rows * inter / 8), 256), 256, 0, c->st>>>(h, g, u, rows * inter);
+	else
+		moe_act16_kernel<T, T><<<cu_div_up((long)(rows * inter), 256), 256, 0, c->st>>>(h, g, u, rows * inter);
 	CU_LAUNCHED();
 	moe_mark(c, 4);
-	CUBLAS_CHECK(cublasGemmBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, dim, cmax, inter, &one, P + 6 * na, ab,
-					 (int)ld_d, P + 7 * na, ab, inter, &zero, (void *const *)(P + 8 * na),
-					 CUDA_R_32F, dim, na, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	for (int k = 0; k < pl->nbk; k++) {
+		int nb = pl->beg[k + 1] - pl->beg[k], o = pl->beg[k];
+		CUBLAS_CHECK(cublasGemmBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, dim, pl->pad[k], inter, &one,
+						 P + 6 * na + o, ab, (int)down[0].ld, P + 7 * na + o, ab, inter, &zero,
+						 (void *const *)(P + 8 * na + o), CUDA_R_32F, dim, nb, CUBLAS_COMPUTE_32F,
+						 CUBLAS_GEMM_DEFAULT));
+	}
 	moe_mark(c, 5);
 }
 
@@ -699,20 +788,18 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 		CU_CHECK(cudaMemcpyAsync(hoff, L.off, sizeof(int) * (size_t)(E + 1), cudaMemcpyDeviceToHost, c->st));
 		CU_CHECK(cudaStreamSynchronize(c->st));
 		moe_mark(c, 1);
-		for (int e = 0; e < E; e++) {
-			na += hoff[e + 1] > hoff[e];
-			cmax = SH_MAX(cmax, hoff[e + 1] - hoff[e]);
-		}
+		struct moe_plan pl;
+		int plan_ok = moe_plan_make(&pl, hoff, E, nK);
+		na = pl.na, cmax = pl.nbk ? pl.pad[0] : 0;
 		if (moe_pad_on < 0) {
 			const char *ev = getenv("KVGATE_CUDA_MOE_PAD");
 			moe_pad_on = !(ev && *ev == '0');
 		}
-		if (w16 && moe_pad_on && aligned && (size_t)na * cmax <= (size_t)nK * 2) {
+		if (w16 && moe_pad_on && aligned && plan_ok) {
 			if (gate[0].dt == ENG_DT_BF16)
-				moe_prefill_pad<__nv_bfloat16>(c, x, dim, inter, K, E, nK, idx, tab, ld_gu, ld_d, L, na, cmax, &y,
-							       &inv);
+				moe_prefill_pad<__nv_bfloat16>(c, x, dim, inter, K, E, nK, idx, gate, up, down, L, &pl, &y, &inv);
 			else
-				moe_prefill_pad<__half>(c, x, dim, inter, K, E, nK, idx, tab, ld_gu, ld_d, L, na, cmax, &y, &inv);
+				moe_prefill_pad<__half>(c, x, dim, inter, K, E, nK, idx, gate, up, down, L, &pl, &y, &inv);
 			mode = 9;
 		} else if (w16) {
 			struct moe_pf p = {hoff, x, dim, inter, K, E, nK, gate, up, down, tab, L, (uint8_t *)g, (uint8_t *)u,
