@@ -323,9 +323,10 @@ int eng_serve_main(int argc, char **argv)
 	sig_term = evsignal_new(g_base, SIGTERM, on_signal, NULL);
 	event_add(sig_int, NULL);
 	event_add(sig_term, NULL);
-	fprintf(stderr, "kvgate-engine: serving %s as '%s' on %s:%d (%s, weights %.1f MB, kv %s: %d blocks of %d tokens = %.1f MB, "
+	fprintf(stderr, "kvgate-engine: serving %s as '%s' on %s:%d (%s, weights %.1f MB, workspace %.1f MB, kv %s: %d blocks of %d tokens = %.1f MB, "
 			"%.0f B/token; max-model-len %d, max-num-seqs %d, max-num-batched-tokens %d, prefix caching %s, chat %s)\n",
-		dir, name, host, port, be->name, m->weight_bytes / 1e6, eng_kv_fmt_name(kv->fmt), nblocks, ENG_KV_BLOCK_TOKENS,
+		dir, name, host, port, be->name, m->weight_bytes / 1e6, m->ws_floats * sizeof(float) / 1e6,
+		eng_kv_fmt_name(kv->fmt), nblocks, ENG_KV_BLOCK_TOKENS,
 		(double)block_bytes * nblocks / 1e6, (double)block_bytes / ENG_KV_BLOCK_TOKENS, max_len, max_seqs,
 		sched->conf.max_batched_tokens, pc ? "on" : "off", chat ? sh_chat_name(chat) : "off");
 	event_base_dispatch(g_base);

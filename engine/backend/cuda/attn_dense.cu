@@ -4,7 +4,8 @@
  *
  * Fast path (sm_80+): q, k, v rounded to bf16 by one conversion kernel, then
  *  - flash_kernel (dq 192, dv 128: DeepSeek-V2's shape), FlashAttention-2 style: a block per (head,
- *    64 queries), 4 warps of 16 queries; key tiles of 64 up to the last key any of its queries sees,
+ *    64 queries), 4 warps of 16 queries (KVGATE_CUDA_FLASH=128: 128 queries, 8 warps, for A/B timing);
+ *    key tiles of 64 up to the last key any of its queries sees,
  *    the next tile's K and V copied with cp.async during the current one's math; S = Q K^T and
  *    O += P V on mma.sync m16n8k16 (bf16 in, fp32 accumulation) with S, P and O in registers and
  *    an online softmax in fp32. No S in memory (the cuBLAS path below wrote 402 MB at 2048 tokens
@@ -19,6 +20,8 @@
  *
  * Exact mode and devices before sm_80: the fp32 SIMT kernel, one block per (head, token), warps over
  * keys with online softmax, as attn_gqa.cu. */
+#include <string.h>
+
 #include "engine/backend/cuda/cu.h"
 
 #define DENSE_WARPS 4
@@ -177,18 +180,23 @@ dense_softmax_kernel(const float *s, size_t lds, const int32_t *pos, int n, int 
 }
 
 /* ---- flash attention (sm_80+) ----
- * A block: queries i0..i0+63 of head h (i0 = 64 qt), warp w rows w*16..w*16+15 of them; lane
- * (g = lane / 4, t4 = lane % 4) holds, as mma fragments do, rows g and g + 8 of its warp's 16:
- * S (16 x 64 a tile) as 8 n8 tiles x 4 fp32, O (16 x DV) as DV/8 n8 tiles x 4 fp32, Q (16 x DQ)
- * as DQ/16 A fragments of 4 x bf16x2 (loaded once). The accumulator of S tiles 2kk, 2kk + 1 is,
- * rounded to bf16, the A fragment of P for keys 16kk..16kk+15 (no trip through shared memory).
- * Shared memory: K in two stages of 64 rows x (DQ + 8) bf16, V in two of 64 x (DV + 8) (rows 16
+ * A block: queries i0..i0+BM-1 of head h (BM = 16 W for W warps: 64 or 128; i0 = BM qt), warp w
+ * rows w*16..w*16+15 of them; lane (g = lane / 4, t4 = lane % 4) holds, as mma fragments do, rows g
+ * and g + 8 of its warp's 16: S (16 x 64 a tile) as 8 n8 tiles x 4 fp32, O (16 x DV) as DV/8 n8
+ * tiles x 4 fp32, Q (16 x DQ) as DQ/16 A fragments of 4 x bf16x2 (loaded once). The accumulator of
+ * S tiles 2kk, 2kk + 1 is, rounded to bf16, the A fragment of P for keys 16kk..16kk+15 (no trip
+ * through shared memory). W = 8 (KVGATE_CUDA_FLASH=128): each K/V tile copied to shared memory
+ * serves 128 queries, half the L2 -> shared traffic of W = 4 per flop; not faster on the H200 (run
+ * 17: 118 vs 113 us at 2048 tokens: shared-memory reads per mma are the same), so W = 4 is the default.
+ * Shared memory: two stages, each K (64 rows x (DQ + 8) bf16) then V (64 x (DV + 8)) (rows 16
  * bytes apart modulo 128: ldmatrix's 8 row addresses hit 8 different bank groups); the queries
- * are staged once in K's second stage. Keys past ctx and queries past n are zero-filled by
- * cp.async (src-size 0), never read. */
-#define FL_BM 64 /* queries a block */
+ * (BM rows x (DQ + 8)) are staged once from stage 1 on (over stage 1, and past it for W = 8), read
+ * into registers before the first loop barrier, after which tile 1 goes there. Keys past ctx and
+ * queries past n are zero-filled by cp.async (src-size 0), never read. One barrier a key tile: it
+ * publishes tile kt (waited for by every thread before it) and retires tile kt - 1's stage, into
+ * which tile kt + 1 is then copied during tile kt's math. A warp skips the math of tiles past the
+ * last key its own rows see (all masked: no contribution). */
 #define FL_BN 64 /* keys a tile */
-#define FL_WARPS 4
 
 __device__ __forceinline__ void fl_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
@@ -244,90 +252,105 @@ __device__ __forceinline__ float fl_ex2(float x) /* 2^x; 2^-inf = 0 */
 	return y;
 }
 
-/* Rows row0..row0+63 of src (row stride lds elements, C 16-byte chunks a row) into dst (row stride
- * S elements); rows from lim on are zero-filled. Thread t copies chunks t % 8 + 8k of rows t / 8 +
- * 16r: 8 threads read a row's 128 contiguous bytes (whole lines) and write 128 contiguous bytes of
- * shared memory (conflict-free), and a thread's addresses are one base plus uniform steps. */
-template <int C, int S>
+/* Rows row0..row0+R-1 of src (row stride lds elements, C 16-byte chunks a row) into dst (row stride
+ * S elements), by the block's 32 W threads; rows from lim on are zero-filled. Thread t copies chunks
+ * t % 8 + 8k of rows t / 8 + 4W r: 8 threads read a row's 128 contiguous bytes (whole lines) and
+ * write 128 contiguous bytes of shared memory (conflict-free), and a thread's addresses are one base
+ * plus uniform steps. */
+template <int C, int S, int R, int W>
 __device__ __forceinline__ void fl_load(__nv_bfloat16 *dst, const __nv_bfloat16 *src, size_t lds, int row0, int lim)
 {
-	static_assert(C % 8 == 0 && FL_BN % 16 == 0 && FL_WARPS == 4, "8 threads a row, 16 rows a pass");
+	constexpr int RP = 4 * W; /* rows a pass */
+	static_assert(C % 8 == 0 && R % RP == 0, "8 threads a row, 4 W rows a pass");
 	int tr = (int)threadIdx.x >> 3, tc = ((int)threadIdx.x & 7) * 8;
 	const __nv_bfloat16 *sb = src + (size_t)(row0 + tr) * lds + tc;
 	__nv_bfloat16 *db = dst + tr * S + tc;
 #pragma unroll
-	for (int r = 0; r < FL_BN / 16; r++) {
-		int ok = row0 + tr + 16 * r < lim;
+	for (int r = 0; r < R / RP; r++) {
+		int ok = row0 + tr + RP * r < lim;
 #pragma unroll
 		for (int k = 0; k < C / 8; k++)
-			fl_cp16(db + 16 * r * S + 64 * k, ok ? sb + (size_t)16 * r * lds + 64 * k : src, ok ? 16 : 0);
+			fl_cp16(db + RP * r * S + 64 * k, ok ? sb + (size_t)RP * r * lds + 64 * k : src, ok ? 16 : 0);
 	}
 }
 
-template <int DQ, int DV> static constexpr size_t flash_smem()
+/* elements (bf16) of a stage (K then V of a tile), and the block's shared memory in bytes */
+template <int DQ, int DV> __host__ __device__ static constexpr int flash_stage()
 {
-	return (size_t)2 * FL_BN * ((DQ + 8) + (DV + 8)) * sizeof(__nv_bfloat16);
+	return FL_BN * ((DQ + 8) + (DV + 8));
 }
 
-/* grid (nh, ceil(n / 64)): blockIdx.y counts query tiles from the last (the most keys under
+template <int DQ, int DV, int W> static constexpr size_t flash_smem()
+{
+	return (size_t)(flash_stage<DQ, DV>() + (flash_stage<DQ, DV>() > 16 * W * (DQ + 8) ? flash_stage<DQ, DV>()
+											    : 16 * W * (DQ + 8))) *
+	       sizeof(__nv_bfloat16);
+}
+
+/* grid (nh, ceil(n / BM)): blockIdx.y counts query tiles from the last (the most keys under
  * causality) so that the longest blocks start first. sl2 = scale * log2(e). */
-template <int DQ, int DV>
-__global__ void __launch_bounds__(FL_WARPS * 32, 2)
+template <int DQ, int DV, int W>
+__global__ void __launch_bounds__(W * 32, 8 / W)
 flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *kb, const __nv_bfloat16 *vb, int n,
 	     int ctx, int nh, float sl2, float *out)
 {
-	static_assert(DQ % 16 == 0 && DV % 16 == 0 && FL_BM == FL_BN && FL_BM == 16 * FL_WARPS, "shape");
+	constexpr int BM = 16 * W;              /* queries a block */
+	static_assert(DQ % 16 == 0 && DV % 16 == 0 && (W == 4 || W == 8) && FL_BN % (4 * W) == 0, "shape");
 	constexpr int KS = DQ + 8, VS = DV + 8; /* shared row strides (bf16) */
+	constexpr int STG = flash_stage<DQ, DV>();
 	constexpr int NT = FL_BN / 8;           /* n8 tiles of S */
 	constexpr int KQ = DQ / 16;             /* k16 steps of Q K^T */
 	constexpr int OT = DV / 8;              /* n8 tiles of O */
 	extern __shared__ __align__(16) uint8_t fl_smem[];
-	__nv_bfloat16 *Ks = (__nv_bfloat16 *)fl_smem; /* [2][FL_BN][KS] */
-	__nv_bfloat16 *Vs = Ks + 2 * FL_BN * KS;       /* [2][FL_BN][VS] */
+	__nv_bfloat16 *sm = (__nv_bfloat16 *)fl_smem; /* stage s: K at sm + s STG, V at + FL_BN KS */
 
-	int h = blockIdx.x, i0 = ((int)gridDim.y - 1 - (int)blockIdx.y) * FL_BM;
+	int h = blockIdx.x, i0 = ((int)gridDim.y - 1 - (int)blockIdx.y) * BM;
 	int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
 	size_t ldq = (size_t)nh * DQ, ldv = (size_t)nh * DV;
 	const __nv_bfloat16 *qh = qb + (size_t)h * DQ, *kh = kb + (size_t)h * DQ, *vh = vb + (size_t)h * DV;
 
 	/* the last key each of my two rows sees (< 0: none; rows past n see none and are not written),
-	 * and the last any row of the block sees (each warp finds it alone: rows lane, lane + 32) */
+	 * the last any row of my warp sees, and the last any row of the block sees (each warp finds it
+	 * alone: rows lane + 32 x) */
 	int r0 = i0 + w * 16 + g, r1 = r0 + 8;
 	int lim0 = r0 < n ? min(pos[r0], ctx - 1) : -1, lim1 = r1 < n ? min(pos[r1], ctx - 1) : -1;
-	int ra = i0 + lane, rb = ra + 32;
-	int kmax = max(ra < n ? min(pos[ra], ctx - 1) : -1, rb < n ? min(pos[rb], ctx - 1) : -1);
+	int wmax = __reduce_max_sync(0xffffffffu, max(lim0, lim1));
+	int kmax = -1;
+#pragma unroll
+	for (int x = 0; x < W / 2; x++) {
+		int ra = i0 + lane + 32 * x;
+		kmax = max(kmax, ra < n ? min(pos[ra], ctx - 1) : -1);
+	}
 	kmax = __reduce_max_sync(0xffffffffu, kmax);
-	int nkt = kmax < 0 ? 0 : kmax / FL_BN + 1; /* key tiles */
+	int nkt = kmax < 0 ? 0 : kmax / FL_BN + 1;  /* key tiles of the block */
+	int wkt = wmax < 0 ? 0 : wmax / FL_BN + 1;  /* of them, those my warp computes */
 
-	/* group 0: the queries (into K's stage 1); group 1: key tile 0 */
-	fl_load<DQ / 8, KS>(Ks + FL_BN * KS, qh, ldq, i0, n);
-	fl_commit();
+	/* the queries (from stage 1 on) and key tile 0 (stage 0) */
+	fl_load<DQ / 8, KS, BM, W>(sm + STG, qh, ldq, i0, n);
 	if (nkt > 0) {
-		fl_load<DQ / 8, KS>(Ks, kh, ldq, 0, ctx);
-		fl_load<DV / 8, VS>(Vs, vh, ldv, 0, ctx);
+		fl_load<DQ / 8, KS, FL_BN, W>(sm, kh, ldq, 0, ctx);
+		fl_load<DV / 8, VS, FL_BN, W>(sm + FL_BN * KS, vh, ldv, 0, ctx);
 	}
 	fl_commit();
-	fl_wait<1>();
+	fl_wait<0>();
 	__syncthreads();
 
 	/* Q fragments, ldmatrix x4: matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
 	 * of the warp's 16 rows and the k-step's 16 columns = a0, a1, a2, a3; lane l gives row l % 8
-	 * of matrix l / 8 */
+	 * of matrix l / 8. Stage 1 is overwritten only after the loop's first barrier. */
 	uint32_t qf[KQ][4];
 	{
-		const __nv_bfloat16 *qs = Ks + FL_BN * KS + (w * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KS +
-					  (lane >> 4) * 8;
+		const __nv_bfloat16 *qs = sm + STG + (w * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KS + (lane >> 4) * 8;
 #pragma unroll
 		for (int ks = 0; ks < KQ; ks++)
 			fl_ldsm_x4(qf[ks], qs + ks * 16);
 	}
-	__syncthreads(); /* K's stage 1 is tile 1's next */
 
 	/* K (non-trans, key rows): matrices (keys 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) =
 	 * b0, b1 of S tile 2np, b0, b1 of tile 2np + 1. V (trans, key rows): (keys 0-7, cols 0-7),
 	 * (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = b0, b1 of O tile 2np, b0, b1 of tile 2np + 1. */
 	const int koff = ((lane & 7) + (lane >> 4) * 8) * KS + ((lane >> 3) & 1) * 8;
-	const int voff = ((lane & 7) + ((lane >> 3) & 1) * 8) * VS + (lane >> 4) * 8;
+	const int voff = FL_BN * KS + ((lane & 7) + ((lane >> 3) & 1) * 8) * VS + (lane >> 4) * 8;
 	float o[OT][4];
 #pragma unroll
 	for (int t = 0; t < OT; t++)
@@ -337,20 +360,23 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 
 	for (int kt = 0; kt < nkt; kt++) {
 		int st = kt & 1;
+		if (kt > 0)
+			fl_wait<0>(); /* tile kt (this thread's part) has landed */
+		__syncthreads(); /* everyone's part of it has; stage st ^ 1 (tile kt - 1, or Q) is free */
 		if (kt + 1 < nkt) {
-			fl_load<DQ / 8, KS>(Ks + (st ^ 1) * FL_BN * KS, kh, ldq, (kt + 1) * FL_BN, ctx);
-			fl_load<DV / 8, VS>(Vs + (st ^ 1) * FL_BN * VS, vh, ldv, (kt + 1) * FL_BN, ctx);
+			fl_load<DQ / 8, KS, FL_BN, W>(sm + (st ^ 1) * STG, kh, ldq, (kt + 1) * FL_BN, ctx);
+			fl_load<DV / 8, VS, FL_BN, W>(sm + (st ^ 1) * STG + FL_BN * KS, vh, ldv, (kt + 1) * FL_BN, ctx);
+			fl_commit();
 		}
-		fl_commit(); /* possibly empty: one group an iteration */
-		fl_wait<1>(); /* tile kt's group has landed */
-		__syncthreads();
+		if (kt >= wkt)
+			continue; /* every key of the tile is past my warp's rows' last */
 
 		/* S = Q K^T */
 		float s[NT][4];
 #pragma unroll
 		for (int j = 0; j < NT; j++)
 			s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-		const __nv_bfloat16 *kp = Ks + st * FL_BN * KS + koff;
+		const __nv_bfloat16 *kp = sm + st * STG + koff;
 #pragma unroll
 		for (int ks = 0; ks < KQ; ks++) {
 #pragma unroll
@@ -405,7 +431,7 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 			o[t][0] *= al0, o[t][1] *= al0, o[t][2] *= al1, o[t][3] *= al1;
 
 		/* O += P V: P's A fragment for keys 16kk.. = S tiles 2kk (a0, a1) and 2kk + 1 (a2, a3) */
-		const __nv_bfloat16 *vp = Vs + st * FL_BN * VS + voff;
+		const __nv_bfloat16 *vp = sm + st * STG + voff;
 #pragma unroll
 		for (int kk = 0; kk < FL_BN / 16; kk++) {
 			uint32_t a[4] = {fl_pack(s[2 * kk][0], s[2 * kk][1]), fl_pack(s[2 * kk][2], s[2 * kk][3]),
@@ -419,9 +445,8 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 				fl_mma(o[2 * np + 1], a, b[2], b[3]);
 			}
 		}
-		__syncthreads(); /* stage st is the next iteration's target */
 	}
-	fl_wait<0>(); /* only empty groups are left; none may outlive the block */
+	fl_wait<0>(); /* nothing is left in flight (the last tile issues no copy); none may outlive the block */
 
 #pragma unroll
 	for (int x = 1; x < 4; x <<= 1) {
@@ -444,37 +469,45 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 	}
 }
 
-template <int DQ, int DV>
+template <int DQ, int DV, int W>
 static void flash_launch(struct cu *c, const __nv_bfloat16 *qb, const int32_t *dpos, int n, const __nv_bfloat16 *kb,
 			 const __nv_bfloat16 *vb, int ctx, int nh, float scale, float *out)
 {
-	static size_t raised; /* set once (prefill runs outside recorded steps) */
-	constexpr size_t smem = flash_smem<DQ, DV>();
+	static size_t raised; /* set once a variant (prefill runs outside recorded steps) */
+	constexpr size_t smem = flash_smem<DQ, DV, W>();
 	if (smem > 48 * 1024 && smem > raised) {
-		CU_CHECK(cudaFuncSetAttribute(flash_kernel<DQ, DV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+		CU_CHECK(cudaFuncSetAttribute(flash_kernel<DQ, DV, W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
 					      (int)smem));
-		/* two blocks an SM need most of its shared memory (a hint: L1 keeps the rest) */
-		CU_CHECK(cudaFuncSetAttribute(flash_kernel<DQ, DV>, cudaFuncAttributePreferredSharedMemoryCarveout,
+		/* W = 4: two blocks an SM need most of its shared memory (a hint: L1 keeps the rest) */
+		CU_CHECK(cudaFuncSetAttribute(flash_kernel<DQ, DV, W>, cudaFuncAttributePreferredSharedMemoryCarveout,
 					      (int)cudaSharedmemCarveoutMaxShared));
 		raised = smem;
 	}
-	flash_kernel<DQ, DV><<<dim3(nh, cu_div_up(n, FL_BM)), FL_WARPS * 32, smem, c->st>>>(
+	flash_kernel<DQ, DV, W><<<dim3(nh, cu_div_up(n, 16 * W)), W * 32, smem, c->st>>>(
 		qb, dpos, kb, vb, n, ctx, nh, scale * 1.4426950408889634f, out);
 	CU_LAUNCHED();
 }
 
 /* The flash kernel takes the shape (dq 192, dv 128), out 8-byte aligned (float2 stores), the
- * device's shared memory, and KVGATE_CUDA_FLASH is not 0. */
-static int flash_env = -1;
+ * device's shared memory, and KVGATE_CUDA_FLASH is not 0. Returns its warps a block (4: 64 queries
+ * a block, the default; 8: 128, with KVGATE_CUDA_FLASH=128 where its shared memory fits), 0 for the
+ * cuBLAS path. */
+static int flash_env = -1; /* 0 off, 4 or 8 warps */
 
 static int flash_ok(struct cu *c, int n, int dq, int dv, const float *out)
 {
 	if (flash_env < 0) {
 		const char *e = getenv("KVGATE_CUDA_FLASH");
-		flash_env = !(e && *e == '0');
+		/* 4 warps (64 queries) by default: run 17 timed 113 us a call at 2048 against 118 us for
+		 * 8 warps (128 queries, KVGATE_CUDA_FLASH=128) */
+		flash_env = e && *e == '0' ? 0 : e && !strcmp(e, "128") ? 8 : 4;
 	}
-	return flash_env && dq == 192 && dv == 128 && (uintptr_t)out % 8 == 0 &&
-	       c->prop.sharedMemPerBlockOptin >= flash_smem<192, 128>() && cu_div_up(n, FL_BM) <= 65535;
+	if (!flash_env || dq != 192 || dv != 128 || (uintptr_t)out % 8 != 0)
+		return 0;
+	size_t optin = c->prop.sharedMemPerBlockOptin;
+	if (flash_env == 8 && optin >= flash_smem<192, 128, 8>() && cu_div_up(n, 128) <= 65535)
+		return 8;
+	return optin >= flash_smem<192, 128, 4>() && cu_div_up(n, 64) <= 65535 ? 4 : 0;
 }
 
 static size_t dense_up256(size_t b)
@@ -494,7 +527,7 @@ static void dense_fast(struct cu *c, const float *q, const int32_t *dpos, int n,
 	size_t ns = (size_t)hg * n * lds;
 	size_t oq = 0, ok = oq + dense_up256(nq * 2), ov = ok + dense_up256(nkk * 2), os = ov + dense_up256(nv * 2);
 	size_t op = os + dense_up256(ns * 4);
-	int flash = flash_ok(c, n, dq, dv, out); /* no S, P */
+	int flash = flash_ok(c, n, dq, dv, out); /* warps a block; no S, P */
 	uint8_t *ws = (uint8_t *)cu_scratch(c, CU_SCR_OP, flash ? ov + nv * 2 : op + ns * 2);
 	__nv_bfloat16 *qb = (__nv_bfloat16 *)(ws + oq); /* (n, nh, dq) */
 	__nv_bfloat16 *kb = (__nv_bfloat16 *)(ws + ok); /* (ctx, nh, dq) */
@@ -506,7 +539,10 @@ static void dense_fast(struct cu *c, const float *q, const int32_t *dpos, int n,
 	dense_to_bf16_kernel<<<blocks, 256, 0, c->st>>>(a);
 	CU_LAUNCHED();
 	if (flash) {
-		flash_launch<192, 128>(c, qb, dpos, n, kb, vb, ctx, nh, scale, out);
+		if (flash == 8)
+			flash_launch<192, 128, 8>(c, qb, dpos, n, kb, vb, ctx, nh, scale, out);
+		else
+			flash_launch<192, 128, 4>(c, qb, dpos, n, kb, vb, ctx, nh, scale, out);
 		return;
 	}
 	float *s = (float *)(ws + os);                 /* (hg, n, lds) */
