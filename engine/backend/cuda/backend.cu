@@ -80,38 +80,6 @@ void *cu_scratch(struct cu *c, int slot, size_t bytes)
 	return c->scratch[slot];
 }
 
-/* ---- side streams ---- */
-
-int cu_side_fork(struct cu *c)
-{
-	SH_BUG_ON(c->step.capturing);
-	if (!c->n_side) {
-		CU_CHECK(cudaEventCreateWithFlags(&c->side_fork, cudaEventDisableTiming));
-		for (int k = 0; k < CU_SIDE; k++) {
-			CU_CHECK(cudaStreamCreateWithFlags(&c->side[k], cudaStreamNonBlocking));
-			CU_CHECK(cudaEventCreateWithFlags(&c->side_join[k], cudaEventDisableTiming));
-			CUBLAS_CHECK(cublasCreate(&c->side_blas[k]));
-			CUBLAS_CHECK(cublasSetStream(c->side_blas[k], c->side[k]));
-			CUBLAS_CHECK(cublasSetMathMode(c->side_blas[k], CUBLAS_DEFAULT_MATH));
-			CU_CHECK(cudaMalloc(&c->side_ws[k], 8u << 20));
-			CUBLAS_CHECK(cublasSetWorkspace(c->side_blas[k], c->side_ws[k], 8u << 20));
-		}
-		c->n_side = CU_SIDE;
-	}
-	CU_CHECK(cudaEventRecord(c->side_fork, c->st));
-	for (int k = 0; k < c->n_side; k++)
-		CU_CHECK(cudaStreamWaitEvent(c->side[k], c->side_fork, 0));
-	return c->n_side;
-}
-
-void cu_side_join(struct cu *c)
-{
-	for (int k = 0; k < c->n_side; k++) {
-		CU_CHECK(cudaEventRecord(c->side_join[k], c->side[k]));
-		CU_CHECK(cudaStreamWaitEvent(c->st, c->side_join[k], 0));
-	}
-}
-
 /* ---- recorded steps (CUDA graphs) ---- */
 
 void cu_buffers_moved(struct cu *c)
@@ -393,15 +361,6 @@ static void cu_free(struct eng_backend *be)
 	free(c->btmp);
 	for (int i = 0; i < CU_SCR_N; i++)
 		cudaFree(c->scratch[i]);
-	for (int k = 0; k < c->n_side; k++) {
-		cudaStreamSynchronize(c->side[k]);
-		cublasDestroy(c->side_blas[k]);
-		cudaStreamDestroy(c->side[k]);
-		cudaEventDestroy(c->side_join[k]);
-		cudaFree(c->side_ws[k]);
-	}
-	if (c->n_side)
-		cudaEventDestroy(c->side_fork);
 	cublasDestroy(c->blas);
 	cudaStreamDestroy(c->st);
 	free(c);

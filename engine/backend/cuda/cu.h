@@ -39,9 +39,9 @@ void cu_die(const char *what, const char *msg, const char *file, int line) __att
 /* Host arrays uploaded by content (see cu_upload). */
 enum { CU_UP_IDS, CU_UP_POS, CU_UP_BATCH, CU_UP_POS2, CU_UP_N };
 
-/* Scratch slots: an op's own workspace, and the GEMM's converted activations (an op that holds
- * CU_SCR_OP may call cu_matmul). */
-enum { CU_SCR_OP, CU_SCR_GEMM, CU_SCR_N };
+/* Scratch slots: an op's own workspace, the GEMM's converted activations (an op that holds
+ * CU_SCR_OP may call cu_matmul), and the MoE prefill's buffers when it calls cu_matmul. */
+enum { CU_SCR_OP, CU_SCR_GEMM, CU_SCR_MOE, CU_SCR_N };
 
 struct cu_upload {
 	int32_t *dev;
@@ -97,8 +97,6 @@ struct cu_step {
 	long replays, records, eager;
 };
 
-#define CU_SIDE 4
-
 struct cu {
 	int device;
 	cudaDeviceProp prop;
@@ -116,13 +114,6 @@ struct cu {
 	struct cu_heads *hd;
 	int n_hd;
 	void *blas_ws;          /* cuBLAS workspace, set once: no allocation inside a recorded step */
-	/* side streams for independent GEMMs of a prefill (cu_side_*): each its own cuBLAS handle and
-	 * workspace; made on first use (never inside a recorded step) */
-	int n_side;
-	cudaStream_t side[CU_SIDE];
-	cublasHandle_t side_blas[CU_SIDE];
-	void *side_ws[CU_SIDE];
-	cudaEvent_t side_fork, side_join[CU_SIDE];
 	unsigned gen;           /* bumped whenever a buffer a recording may hold is freed */
 	struct cu_step step;
 };
@@ -143,13 +134,6 @@ void *cu_scratch(struct cu *c, int slot, size_t bytes);
 /* The batch's positions, sequence indices and block tables as one device array:
  * [pos (n) | seq_idx (n) | table (n_seqs * maxb)]; *maxb gets the table row length. */
 const int32_t *cu_batch(struct cu *c, const struct eng_batch *b, int *maxb);
-
-/* Side streams (backend.cu): cu_side_fork makes the side streams wait for the work queued so far
- * on c->st and returns how many there are; GEMMs then go to c->side_blas[k]; cu_side_join makes
- * c->st wait for all of them. Small GEMMs that fill a fraction of the GPU each (the MoE prefill's
- * per-expert ones) then run side by side. */
-int cu_side_fork(struct cu *c);
-void cu_side_join(struct cu *c);
 
 /* y (n, rows) [ldy] = x (n, cols) [ldx] . W^T (+ bias) on the stream (matmul.cu); the grouped MoE
  * and the prefill paths use it too. */

@@ -4,12 +4,11 @@
  *   decode (n <= 32, or exact mode): grouped GEMV, one grid over (row tile, gate|up, active expert),
  *     each expert's rows streamed once per 8 of its tokens (gemv.cuh; on the tensor cores for bf16
  *     in fast mode, activations rounded to bf16), then silu*up, then the down projection the same way;
- *   prefill, BF16/F16 weights: the offsets come to the host (one sync); the slots' x rows are
- *     gathered in the weights' type, gate and up of all active experts run as one cuBLAS grouped
- *     GEMM, silu*up is rounded to the weights' type, down is a second grouped GEMM (fp32
- *     accumulation; fp32 outputs, or 16-bit where cuBLAS takes only that; one cublasGemmEx per
- *     expert where grouped GEMMs are not supported or pointers not 16-byte aligned);
- *   prefill, F32 weights (tests): each active expert through cu_matmul;
+ *   prefill, BF16/F16 weights: the offsets come to the host (one sync); the active experts go in up
+ *     to four buckets of similar counts, each expert's rows padded to its bucket's largest count,
+ *     gathered in the weights' type; gate and up of a bucket are one cublasGemmBatchedEx, silu*up
+ *     one pass, down one more batched GEMM a bucket (fp32 accumulation; see "prefill, padded");
+ *   prefill, F32 weights (tests) or routing too skewed to pad: each active expert through cu_matmul;
  *   combine: out[i] += sum_k wt * y[slot], in k order (deterministic, no atomics).
  * The caller's scratch is not used: slots need n*K rows, more than eng_backend_moe_scratch gives. */
 #include <stdio.h>
@@ -34,7 +33,7 @@ static void moe_mark(struct cu *c, int i)
 		CU_CHECK(cudaEventRecord(moe_ev[i], c->st));
 }
 
-static void moe_marks_print(int n, int mode, int na, int cmax) /* mode: moe_gg_mode's, or 9: padded */
+static void moe_marks_print(int n, int mode, int na, int cmax) /* mode 1: padded, 0: per expert */
 {
 	static const char *nm[6] = {"lists+offsets", "gather", "gate/up", "act", "down", "combine"};
 	if (!moe_phases)
@@ -193,10 +192,6 @@ __global__ void moe_gather_kernel(float *xs, const float *x, int dim, int K, con
 		xs[(size_t)blockIdx.x * dim + d] = src[d];
 }
 
-__device__ __forceinline__ float moe_f(float v)
-{
-	return v;
-}
 __device__ __forceinline__ float moe_f(__nv_bfloat16 v)
 {
 	return __bfloat162float(v);
@@ -206,16 +201,14 @@ __device__ __forceinline__ float moe_f(__half v)
 	return __half2float(v);
 }
 
-/* y: fp32, or the 16-bit type the prefill's grouped GEMM wrote */
-template <typename Y>
-__global__ void moe_combine_kernel(float *out, const Y *y, const float *wt, const int *inv, int dim, int K)
+__global__ void moe_combine_kernel(float *out, const float *y, const float *wt, const int *inv, int dim, int K)
 {
 	cu_pdl_wait();
 	int i = blockIdx.x;
 	for (int d = blockIdx.y * blockDim.x + threadIdx.x; d < dim; d += gridDim.y * blockDim.x) {
 		float s = out[(size_t)i * dim + d];
 		for (int k = 0; k < K; k++)
-			s += wt[(size_t)i * K + k] * moe_f(y[(size_t)inv[i * K + k] * dim + d]);
+			s += wt[(size_t)i * K + k] * y[(size_t)inv[i * K + k] * dim + d];
 		out[(size_t)i * dim + d] = s;
 	}
 }
@@ -243,24 +236,6 @@ template <> __device__ __forceinline__ uint32_t moe_pack2<__half>(float lo, floa
 	return *(uint32_t *)&v;
 }
 
-/* xs (nK, dim) in T, sorted by expert: row r = x row lst[r] / K, rounded to nearest (VEC 4: float4
- * loads and 8-byte stores; x 16-byte aligned, dim % 4 == 0) */
-template <typename T, int VEC>
-__global__ void moe_gather16_kernel(T *xs, const float *x, int dim, int K, const int *lst)
-{
-	const float *src = x + (size_t)(lst[blockIdx.x] / K) * dim;
-	T *dst = xs + (size_t)blockIdx.x * dim;
-	if constexpr (VEC == 4) {
-		for (int d = threadIdx.x * 4; d < dim; d += blockDim.x * 4) {
-			float4 v = __ldg((const float4 *)(src + d));
-			*(uint2 *)(dst + d) = make_uint2(moe_pack2<T>(v.x, v.y), moe_pack2<T>(v.z, v.w));
-		}
-	} else {
-		for (int d = threadIdx.x; d < dim; d += blockDim.x)
-			moe_st(dst + d, src[d]);
-	}
-}
-
 /* h = silu(g) * u in T (the down GEMM's input); g, u as the gate/up GEMM wrote them (G: float or T) */
 template <typename G, typename T>
 __global__ void moe_act16_kernel(T *h, const G *g, const G *u, size_t total)
@@ -286,29 +261,6 @@ __global__ void moe_act16x8_kernel(T *h, const T *g, const T *u, size_t total)
 		}
 		*(uint4 *)(h + t) = o;
 	}
-}
-
-/* The grouped GEMMs' device pointer arrays P (9E), in moe_sets' order (active experts by id):
- * gate/up A, B, C at P, P + 2E, P + 4E, problem 2z gate and 2z + 1 up of the z-th active expert;
- * down A, B, C at P + 6E, P + 7E, P + 8E, problem z. Sorted row r of a buffer: base + r * its row bytes. */
-__global__ void moe_ptrs_kernel(const void *const *tab, int E, moe_lists L, const uint8_t *xs, size_t xrow,
-				uint8_t *g, uint8_t *u, size_t grow, const uint8_t *h, size_t hrow, uint8_t *y, size_t yrow,
-				const void **P)
-{
-	int z = blockIdx.x * blockDim.x + threadIdx.x;
-	if (z >= L.act[E])
-		return;
-	int e = L.act[z];
-	size_t r = (size_t)L.off[e];
-	P[2 * z] = tab[e];
-	P[2 * z + 1] = tab[E + e];
-	P[2 * E + 2 * z] = xs + r * xrow;
-	P[2 * E + 2 * z + 1] = xs + r * xrow;
-	P[4 * E + 2 * z] = g + r * grow;
-	P[4 * E + 2 * z + 1] = u + r * grow;
-	P[6 * E + z] = tab[2 * E + e];
-	P[7 * E + z] = h + r * hrow;
-	P[8 * E + z] = y + r * yrow;
 }
 
 /* The device table of this layer's expert pointers, uploaded once and found again by the host
@@ -387,185 +339,6 @@ static void moe_gemv_any(struct cu *c, enum eng_dtype dt, int aligned, dim3 grid
 static size_t moe_al(size_t bytes) /* scratch pieces start 256-byte aligned */
 {
 	return (bytes + 255) & ~(size_t)255;
-}
-
-/* One GEMM set of the prefill on the host: a group of one problem per expert matrix, y (cnt, rows) =
- * xs (cnt, cols) . W^T, in cuBLAS terms C (rows x cnt) = op(A) (rows x cols) * B (cols x cnt) with
- * A = W (CUBLAS_OP_T, lda = W.ld), B = the expert's sorted rows (ldb = cols), ldc = rows. A, B, C
- * here are the host copies of the pointers, for the per-expert fallback. */
-struct moe_set {
-	int ng;
-	cublasOperation_t ta[2 * ROUTE_EMAX], tb[2 * ROUTE_EMAX];
-	int m[2 * ROUTE_EMAX], n[2 * ROUTE_EMAX], k[2 * ROUTE_EMAX], lda[2 * ROUTE_EMAX], ldb[2 * ROUTE_EMAX],
-		ldc[2 * ROUTE_EMAX], one[2 * ROUTE_EMAX];
-	float alpha[2 * ROUTE_EMAX], beta[2 * ROUTE_EMAX];
-	const void *A[2 * ROUTE_EMAX], *B[2 * ROUTE_EMAX];
-	void *C[2 * ROUTE_EMAX];
-};
-
-static void moe_set_add(struct moe_set *s, const struct eng_w *w, int cnt, const void *b, void *c)
-{
-	int i = s->ng++;
-	s->ta[i] = CUBLAS_OP_T, s->tb[i] = CUBLAS_OP_N;
-	s->m[i] = w->rows, s->n[i] = cnt, s->k[i] = w->cols;
-	s->lda[i] = (int)w->ld, s->ldb[i] = w->cols, s->ldc[i] = w->rows;
-	s->one[i] = 1, s->alpha[i] = 1.0f, s->beta[i] = 0.0f;
-	s->A[i] = w->data, s->B[i] = b, s->C[i] = c;
-}
-
-/* What the 16-bit prefill works on: sorted rows of xs (nK, dim) and h (nK, inter) in T, of g, u
- * (nK, inter) and y (nK, dim) in fp32 or T; P the device pointer arrays (moe_ptrs_kernel). */
-struct moe_pf {
-	const int *hoff;
-	const float *x;
-	int dim, inter, K, E, nK;
-	const struct eng_w *gate, *up, *down;
-	const void *const *tab;
-	moe_lists L;
-	uint8_t *g, *u, *y, *xs, *h;
-	const void **P;
-};
-
-/* gate/up (2 per active expert) and down (1 per active expert), active experts by id as act[] lists
- * them; cs: the byte size of g, u and y's elements */
-static void moe_sets(struct moe_set *gu, struct moe_set *dn, const struct moe_pf *p, size_t cs)
-{
-	gu->ng = dn->ng = 0;
-	for (int e = 0; e < p->E; e++) {
-		int cnt = p->hoff[e + 1] - p->hoff[e];
-		size_t r = (size_t)p->hoff[e];
-		if (!cnt)
-			continue;
-		moe_set_add(gu, &p->gate[e], cnt, p->xs + r * p->dim * 2, p->g + r * p->inter * cs);
-		moe_set_add(gu, &p->up[e], cnt, p->xs + r * p->dim * 2, p->u + r * p->inter * cs);
-		moe_set_add(dn, &p->down[e], cnt, p->h + r * p->inter * 2, p->y + r * p->dim * cs);
-	}
-}
-
-/* Problems lo..hi-1 of the set on handle h: one grouped GEMM (dA, dB, dC: the set's device pointer
- * arrays), or one cublasGemmEx each; returns the grouped call's status (NOT_SUPPORTED: fall back). */
-static cublasStatus_t moe_set_part(cublasHandle_t h, const struct moe_set *s, int lo, int hi, const void *const *dA,
-				   const void *const *dB, void *const *dC, cudaDataType_t ab, cudaDataType_t ct,
-				   int grouped)
-{
-	if (grouped) {
-#if CUBLAS_VERSION >= 120500
-		return cublasGemmGroupedBatchedEx(h, s->ta + lo, s->tb + lo, s->m + lo, s->n + lo, s->k + lo, s->alpha + lo,
-						  dA + lo, ab, s->lda + lo, dB + lo, ab, s->ldb + lo, s->beta + lo, dC + lo,
-						  ct, s->ldc + lo, hi - lo, s->one + lo, CUBLAS_COMPUTE_32F);
-#else
-		return CUBLAS_STATUS_NOT_SUPPORTED;
-#endif
-	}
-	for (int i = lo; i < hi; i++)
-		CUBLAS_CHECK(cublasGemmEx(h, s->ta[i], s->tb[i], s->m[i], s->n[i], s->k[i], &s->alpha[i], s->A[i], ab,
-					  s->lda[i], s->B[i], ab, s->ldb[i], &s->beta[i], s->C[i], ct, s->ldc[i],
-					  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-	return CUBLAS_STATUS_SUCCESS;
-}
-
-/* The set split in contiguous parts over the side streams (cu_side_fork): one expert's GEMM fills
- * a fraction of the GPU (192 tokens x 1408 rows: ~20 tiles of 128 x 128 for 132 SMs), and run 8
- * had the grouped call at 0.94 ms a layer for ~0.2 TFLOP. Returns the first part's status: a
- * grouped call that is not supported fails there, before any other part is queued. */
-static cublasStatus_t moe_set_run(struct cu *c, const struct moe_set *s, const void *const *dA, const void *const *dB,
-				  void *const *dC, cudaDataType_t ab, cudaDataType_t ct, int grouped)
-{
-	int ns = SH_MIN(cu_side_fork(c), s->ng), lo = 0;
-	cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
-	for (int k = 0; k < ns && st == CUBLAS_STATUS_SUCCESS; k++) {
-		int hi = (int)((long)s->ng * (k + 1) / ns);
-		st = moe_set_part(c->side_blas[k], s, lo, hi, dA, dB, dC, ab, ct, grouped);
-		lo = hi;
-	}
-	cu_side_join(c);
-	return st;
-}
-
-/* How the prefill's GEMMs run, per 16-bit weight type (0 BF16, 1 F16), found by the first call and
- * kept: grouped with fp32 outputs; grouped with 16-bit outputs (cuBLAS's table for grouped GEMMs
- * lists 16-bit A/B only with C of the same type: g, u and y are then rounded once more, relative
- * error 2^-9 for BF16, well inside the test's bound); one cublasGemmEx each (fp32 outputs).
- * KVGATE_CUDA_MOE_GROUPED=0 forces the last. */
-enum { MOE_GG_UNKNOWN, MOE_GG_F32, MOE_GG_16, MOE_GG_LOOP };
-static int moe_gg_mode[2];
-static int moe_grouped_on = -1;
-
-static void moe_die(cublasStatus_t st, int line)
-{
-	cu_die("cublasGemmGroupedBatchedEx / cublasGemmEx (MoE prefill)", cublasGetStatusString(st), __FILE__, line);
-}
-
-/* The 16-bit prefill from the gather to y; returns the byte size of y's elements (4 or 2). */
-template <typename T>
-static int moe_prefill16(struct cu *c, const struct moe_pf *p)
-{
-	cudaDataType_t ab = std::is_same<T, __nv_bfloat16>::value ? CUDA_R_16BF : CUDA_R_16F;
-	int *mode = &moe_gg_mode[ab == CUDA_R_16F], E = p->E;
-	if (moe_grouped_on < 0) {
-		const char *ev = getenv("KVGATE_CUDA_MOE_GROUPED");
-		moe_grouped_on = !(ev && *ev == '0');
-	}
-	if ((uintptr_t)p->x % 16 == 0 && p->dim % 4 == 0)
-		moe_gather16_kernel<T, 4><<<p->nK, 256, 0, c->st>>>((T *)p->xs, p->x, p->dim, p->K, p->L.lst);
-	else
-		moe_gather16_kernel<T, 1><<<p->nK, 256, 0, c->st>>>((T *)p->xs, p->x, p->dim, p->K, p->L.lst);
-	CU_LAUNCHED();
-	moe_mark(c, 2);
-
-	/* grouped: every matrix pointer 16-byte aligned (cuBLAS's rule for 16-bit types, simplified) */
-	int can = moe_grouped_on && experts_aligned(p->gate, p->up, p->down, E, 8);
-	int md = !can ? MOE_GG_LOOP : *mode != MOE_GG_UNKNOWN ? *mode : MOE_GG_F32;
-	struct moe_set *gu = (struct moe_set *)sh_malloc(2 * sizeof(struct moe_set)), *dn = gu + 1;
-	const void *const *P = p->P;
-	size_t cs;
-	cudaDataType_t ct;
-	for (;;) {
-		cs = md == MOE_GG_16 ? 2 : 4;
-		ct = md == MOE_GG_16 ? ab : CUDA_R_32F;
-		moe_sets(gu, dn, p, cs);
-		if (md != MOE_GG_LOOP) {
-			moe_ptrs_kernel<<<cu_div_up(E, 64), 64, 0, c->st>>>(p->tab, E, p->L, p->xs, (size_t)p->dim * 2, p->g,
-									  p->u, (size_t)p->inter * cs, p->h,
-									  (size_t)p->inter * 2, p->y, (size_t)p->dim * cs,
-									  p->P);
-			CU_LAUNCHED();
-		}
-		cublasStatus_t st = moe_set_run(c, gu, P, P + 2 * E, (void *const *)(P + 4 * E), ab, ct, md != MOE_GG_LOOP);
-		if (st == CUBLAS_STATUS_SUCCESS)
-			break;
-		/* fp32 C is outside the documented table: INVALID_VALUE there too means "not this way"
-		 * (a real argument error fails again with 16-bit C) */
-		int unsup = st == CUBLAS_STATUS_NOT_SUPPORTED || (md == MOE_GG_F32 && st == CUBLAS_STATUS_INVALID_VALUE);
-		if (!unsup || md == MOE_GG_LOOP)
-			moe_die(st, __LINE__);
-		md++; /* F32 -> 16 -> LOOP */
-	}
-	if (can)
-		*mode = md;
-	moe_mark(c, 3);
-
-	size_t total = (size_t)p->nK * p->inter;
-	int blocks = cu_div_up((long)total, 256);
-	if (cs == 2)
-		moe_act16_kernel<T, T><<<blocks, 256, 0, c->st>>>((T *)p->h, (const T *)p->g, (const T *)p->u, total);
-	else
-		moe_act16_kernel<float, T>
-			<<<blocks, 256, 0, c->st>>>((T *)p->h, (const float *)p->g, (const float *)p->u, total);
-	CU_LAUNCHED();
-	moe_mark(c, 4);
-
-	cublasStatus_t st = moe_set_run(c, dn, P + 6 * E, P + 7 * E, (void *const *)(P + 8 * E), ab, ct,
-					md != MOE_GG_LOOP);
-	if (st == CUBLAS_STATUS_NOT_SUPPORTED && md != MOE_GG_LOOP) { /* the same types as gate/up: not expected */
-		st = moe_set_run(c, dn, NULL, NULL, NULL, ab, ct, 0);
-		*mode = MOE_GG_LOOP;
-	}
-	if (st != CUBLAS_STATUS_SUCCESS)
-		moe_die(st, __LINE__);
-	moe_mark(c, 5);
-	free(gu);
-	return (int)cs;
 }
 
 /* ---- prefill, padded: the active experts in up to MOE_BUCKETS buckets of similar counts, each
@@ -737,23 +510,24 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 	int aligned = experts_aligned(gate, up, down, E, vec) && (uintptr_t)x % 16 == 0 && dim % 4 == 0;
 	int small = n <= MOE_SMALL_N || c->exact;
 
-	/* scratch: ints | g, u (nK, inter) fp32 | y (nK, dim) fp32 | prefill: xs (nK, dim) (fp32, or the
-	 * weights' 16-bit type) | 16-bit prefill: h (nK, inter) 16-bit, the grouped GEMMs' pointers (9E) */
+	/* scratch: the lists' ints, then for decode g, u (nK, inter) and y (nK, dim) fp32; the prefill's
+	 * buffers are in CU_SCR_GEMM (padded) or CU_SCR_MOE (one cu_matmul an expert, which itself uses
+	 * CU_SCR_GEMM) */
 	int w16 = gate[0].dt != ENG_DT_F32;
 	size_t ints = ((size_t)E * 3 + 2 + (size_t)nK * 2 + 63) & ~(size_t)63;
-	size_t o_g = ints * 4, o_u = o_g + moe_al((size_t)nK * inter * 4), o_y = o_u + moe_al((size_t)nK * inter * 4);
-	size_t o_xs = o_y + moe_al((size_t)nK * dim * 4), o_h = o_xs + moe_al((size_t)nK * dim * (w16 ? 2 : 4));
-	size_t o_p = o_h + moe_al((size_t)nK * inter * 2), o_end = o_p + sizeof(void *) * 9 * (size_t)E;
-	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_OP, small ? o_xs : w16 ? o_end : o_h);
+	size_t o_u = moe_al((size_t)nK * inter * 4), o_y = o_u + moe_al((size_t)nK * inter * 4);
+	size_t o_xs = o_y + moe_al((size_t)nK * dim * 4), o_end = o_xs + moe_al((size_t)nK * dim * 4);
+	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_OP, moe_al(ints * 4) + (small ? o_xs : 0));
+	uint8_t *f = s + moe_al(ints * 4); /* g, u, y (decode) */
 	moe_lists L;
 	L.cnt = (int *)s;
 	L.off = L.cnt + E;
 	L.act = L.off + E + 1;
 	L.lst = L.act + E + 1;
 	L.inv = L.lst + nK;
-	float *g = (float *)(s + o_g), *u = (float *)(s + o_u), *y = (float *)(s + o_y);
+	float *g = (float *)f, *u = (float *)(f + o_u), *y = (float *)(f + o_y);
 	const int *inv = L.inv; /* slot -> row of y */
-	int ysz = 4, mode = 0, na = 0, cmax = 0;
+	int mode = 0, na = 0, cmax = 0;
 
 	SH_BUG_ON(E > ROUTE_EMAX);
 	if (!small)
@@ -800,14 +574,11 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 				moe_prefill_pad<__nv_bfloat16>(c, x, dim, inter, K, E, nK, idx, gate, up, down, L, &pl, &y, &inv);
 			else
 				moe_prefill_pad<__half>(c, x, dim, inter, K, E, nK, idx, gate, up, down, L, &pl, &y, &inv);
-			mode = 9;
-		} else if (w16) {
-			struct moe_pf p = {hoff, x, dim, inter, K, E, nK, gate, up, down, tab, L, (uint8_t *)g, (uint8_t *)u,
-					   (uint8_t *)y, s + o_xs, s + o_h, (const void **)(s + o_p)};
-			ysz = gate[0].dt == ENG_DT_BF16 ? moe_prefill16<__nv_bfloat16>(c, &p) : moe_prefill16<__half>(c, &p);
-			mode = moe_gg_mode[gate[0].dt == ENG_DT_F16];
-		} else {
-			float *xs = (float *)(s + o_xs);
+			mode = 1;
+		} else { /* F32 weights (tests), or routing too skewed to pad: one cu_matmul an expert */
+			f = (uint8_t *)cu_scratch(c, CU_SCR_MOE, o_end);
+			g = (float *)f, u = (float *)(f + o_u), y = (float *)(f + o_y);
+			float *xs = (float *)(f + o_xs);
 			moe_gather_kernel<<<nK, 256, 0, c->st>>>(xs, x, dim, K, L.lst);
 			CU_LAUNCHED();
 			for (int e = 0; e < E; e++) {
@@ -831,15 +602,8 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 		free(hoff);
 	}
 	/* a block per (token, 256 columns): one block a token left the step on one SM */
-	dim3 cg(n, cu_div_up(dim, 256));
-	if (ysz == 4)
-		cu_launch(c, moe_combine_kernel<float>, cg, 256, 0, out, (const float *)y, wt, inv, dim, K);
-	else if (gate[0].dt == ENG_DT_BF16)
-		moe_combine_kernel<__nv_bfloat16><<<cg, 256, 0, c->st>>>(out, (const __nv_bfloat16 *)y, wt, inv, dim, K);
-	else
-		moe_combine_kernel<__half><<<cg, 256, 0, c->st>>>(out, (const __half *)y, wt, inv, dim, K);
-	CU_LAUNCHED();
-	if (!small && w16) {
+	cu_launch(c, moe_combine_kernel, dim3(n, cu_div_up(dim, 256)), 256, 0, out, (const float *)y, wt, inv, dim, K);
+	if (!small) {
 		moe_mark(c, 6);
 		moe_marks_print(n, mode, na, cmax);
 	}
