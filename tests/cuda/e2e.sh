@@ -7,7 +7,8 @@
 #              texts compared; nvidia-smi against --gpu-memory-utilization 0.9 (default) and 0.5;
 #              /metrics memory lines; the engine's start line (weights, KV sizes)
 #   samples    generate --json, --device cuda (KV auto = bf16, and f32) against --device cpu, token for
-#              token, on models/kvgate-tiny-coder/eval/samples.json (and against transformers' ids there)
+#              token, on models/kvgate-tiny-coder/eval/samples.json (and against transformers' ids there);
+#              a sample may differ only where transformers' top-2 margin is under 0.01 (a near tie)
 #   fullshape  tools/fullshape_check.py: 2 layers (with the CPU engine too), then the real 27 layers
 # Logs: $LOG (default $OUT, else /tmp/e2e). Exit status: non-zero if a check failed.
 #   sh tests/cuda/e2e.sh [serve samples fullshape]
@@ -178,7 +179,9 @@ for i, s in enumerate(S):
         r[f"{dev}_{kv}_eq_cpu"] = agree(g["ids"], cpu["ids"])
         r[f"{dev}_{kv}_eq_hf"] = agree(g["ids"], s["greedy_ids"])
         r[f"{dev}_{kv}_tok_s"] = round(g["tokens_per_s"], 1)
-        ok &= g["ids"] == cpu["ids"] if kv == "f32" else True
+        # fast mode rounds the GEMMs' activations to bf16 (any KV format): a sample may diverge
+        # from the CPU only where transformers' own top-2 margin comes within 0.01 logits (a tie)
+        ok &= g["ids"] == cpu["ids"] or s["min_margin"] < 0.01
     if "ids" in cpu:
         r["cpu_eq_hf"] = agree(cpu["ids"], s["greedy_ids"])
         r["cpu_tok_s"] = round(cpu["tokens_per_s"], 1)
