@@ -40,8 +40,13 @@ static void moe_marks_print(int n, int mode, int na, int cmax) /* mode 1: padded
 		return;
 	CU_CHECK(cudaEventSynchronize(moe_ev[6]));
 	fprintf(stderr, "moe prefill n=%d mode %d, %d experts, largest count %d:", n, mode, na, cmax);
+	float ms;
+	if (mode != 1) { /* the per-expert path marks no phases in between */
+		CU_CHECK(cudaEventElapsedTime(&ms, moe_ev[0], moe_ev[6]));
+		fprintf(stderr, " all %.3f ms\n", ms);
+		return;
+	}
 	for (int k = 0; k < 6; k++) {
-		float ms;
 		CU_CHECK(cudaEventElapsedTime(&ms, moe_ev[k], moe_ev[k + 1]));
 		fprintf(stderr, " %s %.3f", nm[k], ms);
 	}
