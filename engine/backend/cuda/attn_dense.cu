@@ -198,53 +198,6 @@ dense_softmax_kernel(const float *s, size_t lds, const int32_t *pos, int n, int 
  * last key its own rows see (all masked: no contribution). */
 #define FL_BN 64 /* keys a tile */
 
-__device__ __forceinline__ void fl_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		     "{%0,%1,%2,%3};\n"
-		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void fl_ldsm_x4(uint32_t (&r)[4], const __nv_bfloat16 *p)
-{
-	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(addr));
-}
-
-__device__ __forceinline__ void fl_ldsm_x4_trans(uint32_t (&r)[4], const __nv_bfloat16 *p)
-{
-	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(addr));
-}
-
-/* 16 bytes global -> shared; src_bytes 0 writes zeros and reads nothing */
-__device__ __forceinline__ void fl_cp16(void *dst, const void *src, int src_bytes)
-{
-	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
-}
-
-__device__ __forceinline__ void fl_commit()
-{
-	asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N> __device__ __forceinline__ void fl_wait()
-{
-	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ uint32_t fl_pack(float lo, float hi)
-{
-	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half: the lower column */
-	return *(uint32_t *)&v;
-}
-
 __device__ __forceinline__ float fl_ex2(float x) /* 2^x; 2^-inf = 0 */
 {
 	float y;
@@ -270,7 +223,8 @@ __device__ __forceinline__ void fl_load(__nv_bfloat16 *dst, const __nv_bfloat16 
 		int ok = row0 + tr + RP * r < lim;
 #pragma unroll
 		for (int k = 0; k < C / 8; k++)
-			fl_cp16(db + RP * r * S + 64 * k, ok ? sb + (size_t)RP * r * lds + 64 * k : src, ok ? 16 : 0);
+			cu_cp_async16(db + RP * r * S + 64 * k, ok ? sb + (size_t)RP * r * lds + 64 * k : src,
+				      ok ? 16 : 0);
 	}
 }
 
@@ -331,8 +285,8 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 		fl_load<DQ / 8, KS, FL_BN, W>(sm, kh, ldq, 0, ctx);
 		fl_load<DV / 8, VS, FL_BN, W>(sm + FL_BN * KS, vh, ldv, 0, ctx);
 	}
-	fl_commit();
-	fl_wait<0>();
+	cu_cp_async_commit();
+	cu_cp_async_wait<0>();
 	__syncthreads();
 
 	/* Q fragments, ldmatrix x4: matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15)
@@ -343,7 +297,7 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 		const __nv_bfloat16 *qs = sm + STG + (w * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KS + (lane >> 4) * 8;
 #pragma unroll
 		for (int ks = 0; ks < KQ; ks++)
-			fl_ldsm_x4(qf[ks], qs + ks * 16);
+			cu_ldsm_x4(qf[ks], qs + ks * 16);
 	}
 
 	/* K (non-trans, key rows): matrices (keys 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) =
@@ -361,12 +315,12 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 	for (int kt = 0; kt < nkt; kt++) {
 		int st = kt & 1;
 		if (kt > 0)
-			fl_wait<0>(); /* tile kt (this thread's part) has landed */
+			cu_cp_async_wait<0>(); /* tile kt (this thread's part) has landed */
 		__syncthreads(); /* everyone's part of it has; stage st ^ 1 (tile kt - 1, or Q) is free */
 		if (kt + 1 < nkt) {
 			fl_load<DQ / 8, KS, FL_BN, W>(sm + (st ^ 1) * STG, kh, ldq, (kt + 1) * FL_BN, ctx);
 			fl_load<DV / 8, VS, FL_BN, W>(sm + (st ^ 1) * STG + FL_BN * KS, vh, ldv, (kt + 1) * FL_BN, ctx);
-			fl_commit();
+			cu_cp_async_commit();
 		}
 		if (kt >= wkt)
 			continue; /* every key of the tile is past my warp's rows' last */
@@ -382,9 +336,9 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 #pragma unroll
 			for (int np = 0; np < NT / 2; np++) {
 				uint32_t b[4];
-				fl_ldsm_x4(b, kp + np * 16 * KS + ks * 16);
-				fl_mma(s[2 * np], qf[ks], b[0], b[1]);
-				fl_mma(s[2 * np + 1], qf[ks], b[2], b[3]);
+				cu_ldsm_x4(b, kp + np * 16 * KS + ks * 16);
+				cu_mma_bf16(s[2 * np], qf[ks], b[0], b[1]);
+				cu_mma_bf16(s[2 * np + 1], qf[ks], b[2], b[3]);
 			}
 		}
 
@@ -434,19 +388,21 @@ flash_kernel(const __nv_bfloat16 *qb, const int32_t *pos, const __nv_bfloat16 *k
 		const __nv_bfloat16 *vp = sm + st * STG + voff;
 #pragma unroll
 		for (int kk = 0; kk < FL_BN / 16; kk++) {
-			uint32_t a[4] = {fl_pack(s[2 * kk][0], s[2 * kk][1]), fl_pack(s[2 * kk][2], s[2 * kk][3]),
-					 fl_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-					 fl_pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+			uint32_t a[4] = {cu_pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+					 cu_pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+					 cu_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+					 cu_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
 			for (int np = 0; np < OT / 2; np++) {
 				uint32_t b[4];
-				fl_ldsm_x4_trans(b, vp + kk * 16 * VS + np * 16);
-				fl_mma(o[2 * np], a, b[0], b[1]);
-				fl_mma(o[2 * np + 1], a, b[2], b[3]);
+				cu_ldsm_x4_trans(b, vp + kk * 16 * VS + np * 16);
+				cu_mma_bf16(o[2 * np], a, b[0], b[1]);
+				cu_mma_bf16(o[2 * np + 1], a, b[2], b[3]);
 			}
 		}
 	}
-	fl_wait<0>(); /* nothing is left in flight (the last tile issues no copy); none may outlive the block */
+	/* nothing is left in flight (the last tile issues no copy); none may outlive the block */
+	cu_cp_async_wait<0>();
 
 #pragma unroll
 	for (int x = 1; x < 4; x <<= 1) {

@@ -75,66 +75,6 @@ static inline size_t mla_smem(int fmt, int R, int W, int E, int nst)
 	       (size_t)4 * 16 * MLA_SRS * sizeof(float) + (size_t)16 * MLA_PS * 2 + 48 * sizeof(float);
 }
 
-__device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-					 uint32_t b1)
-{
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		     "{%0,%1,%2,%3};\n"
-		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* with the A fragment in an array */
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-	mma_bf16(c, a[0], a[1], a[2], a[3], b0, b1);
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p)
-{
-	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-		     : "r"(addr));
-}
-
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p)
-{
-	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-		     : "r"(addr));
-}
-
-/* cp.async of 16 (8) bytes; src_bytes 0 writes zeros and reads nothing. */
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes)
-{
-	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
-}
-
-__device__ __forceinline__ void cp_async8(void *dst, const void *src, int src_bytes)
-{
-	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-	asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-	asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N> __device__ __forceinline__ void cp_async_wait()
-{
-	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-	return *(uint32_t *)&v;
-}
-
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel)
 {
 	uint32_t r;
@@ -254,7 +194,8 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 				for (int k = 0; k < 3; k++) {
 					int ch = lane + 32 * k;
 					if (ch < cpr)
-						cp_async16(dst + r * KS + ch * 8, src + ((size_t)r * E + ch * 8) * 2, sz);
+						cu_cp_async16(dst + r * KS + ch * 8, src + ((size_t)r * E + ch * 8) * 2,
+							      sz);
 				}
 			}
 		} else {
@@ -271,14 +212,14 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 					int rr = c / cpr, sz = rr < rows ? CB : 0;
 					uint8_t *d = dst + rr * RSB + (c - rr * cpr) * CB;
 					if constexpr (CB == 16)
-						cp_async16(d, src + c * CB, sz);
+						cu_cp_async16(d, src + c * CB, sz);
 					else
-						cp_async8(d, src + c * CB, sz);
+						cu_cp_async8(d, src + c * CB, sz);
 				}
 			}
 			if constexpr (PSC) { /* the tile's 16 x 2 scales: 128 bytes */
 				if (lq == 0 && lane < 8)
-					cp_async16(Sc + (size_t)stg * MLA_NP * 2 + lu * MLA_T * 2 + lane * 4,
+					cu_cp_async16(Sc + (size_t)stg * MLA_NP * 2 + lu * MLA_T * 2 + lane * 4,
 						   lb + a.scales_off + lane * 16, blk >= 0 ? 16 : 0);
 			}
 		}
@@ -290,7 +231,7 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 			int t = t0 + p * MLA_TPI + lu;
 			issue(p, t < t1 ? tab[t] : -1, p);
 		}
-		cp_async_commit();
+		cu_cp_async_commit();
 	}
 	if constexpr (RC == 0 && !Q8) { /* padding columns: zero in every tile buffer (never copied into) */
 		int pad = W - E;
@@ -327,17 +268,17 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 			fr[1] = cr < dr && o1 ? *(const float4 *)(p1 + cr) : z;
 #pragma unroll
 			for (int j = 0; j < 4; j++) {
-				qa[2 * j][0] = pack_bf16(f[j][0].x, f[j][0].y);
-				qa[2 * j][1] = pack_bf16(f[j][2].x, f[j][2].y);
-				qa[2 * j][2] = pack_bf16(f[j][0].z, f[j][0].w);
-				qa[2 * j][3] = pack_bf16(f[j][2].z, f[j][2].w);
-				qa[2 * j + 1][0] = pack_bf16(f[j][1].x, f[j][1].y);
-				qa[2 * j + 1][1] = pack_bf16(f[j][3].x, f[j][3].y);
-				qa[2 * j + 1][2] = pack_bf16(f[j][1].z, f[j][1].w);
-				qa[2 * j + 1][3] = pack_bf16(f[j][3].z, f[j][3].w);
+				qa[2 * j][0] = cu_pack_bf16(f[j][0].x, f[j][0].y);
+				qa[2 * j][1] = cu_pack_bf16(f[j][2].x, f[j][2].y);
+				qa[2 * j][2] = cu_pack_bf16(f[j][0].z, f[j][0].w);
+				qa[2 * j][3] = cu_pack_bf16(f[j][2].z, f[j][2].w);
+				qa[2 * j + 1][0] = cu_pack_bf16(f[j][1].x, f[j][1].y);
+				qa[2 * j + 1][1] = cu_pack_bf16(f[j][3].x, f[j][3].y);
+				qa[2 * j + 1][2] = cu_pack_bf16(f[j][1].z, f[j][1].w);
+				qa[2 * j + 1][3] = cu_pack_bf16(f[j][3].z, f[j][3].w);
 			}
-			qa[8][0] = pack_bf16(fr[0].x, fr[0].y), qa[8][1] = pack_bf16(fr[1].x, fr[1].y);
-			qa[8][2] = pack_bf16(fr[0].z, fr[0].w), qa[8][3] = pack_bf16(fr[1].z, fr[1].w);
+			qa[8][0] = cu_pack_bf16(fr[0].x, fr[0].y), qa[8][1] = cu_pack_bf16(fr[1].x, fr[1].y);
+			qa[8][2] = cu_pack_bf16(fr[0].z, fr[0].w), qa[8][3] = cu_pack_bf16(fr[1].z, fr[1].w);
 		} else {
 			float2 f[9][4];
 			const float2 z = make_float2(0.0f, 0.0f);
@@ -357,7 +298,7 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 			for (int j = 0; j < 9; j++)
 #pragma unroll
 				for (int e = 0; e < 4; e++)
-					qa[j][e] = pack_bf16(f[j][e].x, f[j][e].y);
+					qa[j][e] = cu_pack_bf16(f[j][e].x, f[j][e].y);
 		}
 	}
 
@@ -377,15 +318,15 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 
 	for (int it = 0; it < nit; it++) {
 		if (Q8 && nst == 3)
-			cp_async_wait<1>();
+			cu_cp_async_wait<1>();
 		else
-			cp_async_wait<0>();
+			cu_cp_async_wait<0>();
 		__syncthreads(); /* this iteration's rows are in; everyone is done with the previous one */
 		{
 			int nx = it + nst - 1;
 			if (nx < nit)
 				issue(nx, blk_pf, stn);
-			cp_async_commit();
+			cu_cp_async_commit();
 			int t = t0 + (nx + 1) * MLA_TPI + lu;
 			blk_pf = nx + 1 < nit && t < t1 ? tab[t] : -1;
 		}
@@ -416,10 +357,10 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 					int ch = ((cj * 4 + t4) ^ sw) * 8;
 					*(uint4 *)(k0 + ch) = c0;
 					*(uint4 *)(k0 + 8 * KS + ch) = c1;
-					mma_bf16(sl[0], qa[2 * j], c0.x, c0.y);
-					mma_bf16(sl[1], qa[2 * j], c1.x, c1.y);
-					mma_bf16(sl[0], qa[2 * j + 1], c0.z, c0.w);
-					mma_bf16(sl[1], qa[2 * j + 1], c1.z, c1.w);
+					cu_mma_bf16(sl[0], qa[2 * j], c0.x, c0.y);
+					cu_mma_bf16(sl[1], qa[2 * j], c1.x, c1.y);
+					cu_mma_bf16(sl[0], qa[2 * j + 1], c0.z, c0.w);
+					cu_mma_bf16(sl[1], qa[2 * j + 1], c1.z, c1.w);
 				}
 			}
 			if (RC || q < nkr) { /* 4 rope bytes (none past the row: dr % 4 == 0) */
@@ -428,8 +369,8 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 				uint32_t y0 = in ? *(const uint32_t *)(r0 - 8 * t4 + col + 4 * t4) : 0u;
 				uint32_t y1 = in ? *(const uint32_t *)(r0 + 8 * RSB - 8 * t4 + col + 4 * t4) : 0u;
 				uint4 c = mla_cvt8<FMT>(make_uint2(y0, y1));
-				mma_bf16(sr[0], qa[8], c.x, c.y);
-				mma_bf16(sr[1], qa[8], c.z, c.w);
+				cu_mma_bf16(sr[0], qa[8], c.x, c.y);
+				cu_mma_bf16(sr[1], qa[8], c.z, c.w);
 			}
 		} else {
 			/* ldmatrix x4: matrices (pos 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) */
@@ -440,16 +381,16 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 				int ks = q * LQ + j;
 				if (RC || (j < LQ && ks < nkl)) {
 					uint32_t b0, b1, b2, b3;
-					ldsm_x4(b0, b1, b2, b3, kp + ks * 16);
-					mma_bf16(sl[0], qa[j], b0, b1);
-					mma_bf16(sl[1], qa[j], b2, b3);
+					cu_ldsm_x4(b0, b1, b2, b3, kp + ks * 16);
+					cu_mma_bf16(sl[0], qa[j], b0, b1);
+					cu_mma_bf16(sl[1], qa[j], b2, b3);
 				}
 			}
 			if (RC || q < nkr) {
 				uint32_t b0, b1, b2, b3;
-				ldsm_x4(b0, b1, b2, b3, kp + (nkl + q) * 16);
-				mma_bf16(sr[0], qa[8], b0, b1);
-				mma_bf16(sr[1], qa[8], b2, b3);
+				cu_ldsm_x4(b0, b1, b2, b3, kp + (nkl + q) * 16);
+				cu_mma_bf16(sr[0], qa[8], b0, b1);
+				cu_mma_bf16(sr[1], qa[8], b2, b3);
 			}
 		}
 		/* latent and rope each with its scale per position, then to the quarter's partials */
@@ -506,7 +447,7 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 			} else if constexpr (FMT == ENG_KV_FP8_TENSOR) {
 				f0 = f1 = a.tscale;
 			}
-			*(uint32_t *)&Ps[h * MLA_PS + pp] = pack_bf16(e0 * f0, e1 * f1);
+			*(uint32_t *)&Ps[h * MLA_PS + pp] = cu_pack_bf16(e0 * f0, e1 * f1);
 			if ((tid & 15) == 0)
 				alpha[h] = al;
 		}
@@ -521,7 +462,7 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 #pragma unroll
 			for (int kk = 0; kk < MLA_NP / 16; kk++) {
 				uint32_t pa0, pa1, pa2, pa3;
-				ldsm_x4(pa0, pa1, pa2, pa3, &Ps[(lane & 15) * MLA_PS + kk * 16 + (lane >> 4) * 8]);
+				cu_ldsm_x4(pa0, pa1, pa2, pa3, &Ps[(lane & 15) * MLA_PS + kk * 16 + (lane >> 4) * 8]);
 				/* x4.trans: (pos 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) */
 				const __nv_bfloat16 *cp = Kc + (size_t)(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KS;
 #pragma unroll
@@ -531,9 +472,9 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 						/* 8-bit: the swizzled tile (this lane's row is lane % 8 modulo 8) */
 						int ch = Q8 ? (2 * pi + (lane >> 4)) ^ mla_sw(lane & 7) : 2 * pi + (lane >> 4);
 						uint32_t b0, b1, b2, b3;
-						ldsm_x4_trans(b0, b1, b2, b3, cp + ch * 8);
-						mma_bf16(acc[2 * jj], pa0, pa1, pa2, pa3, b0, b1);
-						mma_bf16(acc[2 * jj + 1], pa0, pa1, pa2, pa3, b2, b3);
+						cu_ldsm_x4_trans(b0, b1, b2, b3, cp + ch * 8);
+						cu_mma_bf16(acc[2 * jj], pa0, pa1, pa2, pa3, b0, b1);
+						cu_mma_bf16(acc[2 * jj + 1], pa0, pa1, pa2, pa3, b2, b3);
 					}
 				}
 			}
@@ -541,7 +482,7 @@ template <int FMT, int RC> __global__ void __launch_bounds__(MLA_NW * 32, 2) mla
 		st = st + 1 == nst ? 0 : st + 1;
 		stn = stn + 1 == nst ? 0 : stn + 1;
 	}
-	cp_async_wait<0>(); /* only empty groups are left; none may outlive the block */
+	cu_cp_async_wait<0>(); /* only empty groups are left; none may outlive the block */
 
 	if ((tid & 15) == 0)
 		lrow[tid >> 4] = l_run, mrow[tid >> 4] = m_run;

@@ -260,6 +260,98 @@ __device__ __forceinline__ float cu_warp_max(float v)
 	return v;
 }
 
+/* A block's sum of v, returned to every thread (part: 32 floats of shared memory; blockDim a
+ * multiple of 32). */
+__device__ __forceinline__ float cu_block_sum(float v, float *part)
+{
+	v = cu_warp_sum(v);
+	if ((threadIdx.x & 31) == 0)
+		part[threadIdx.x >> 5] = v;
+	__syncthreads();
+	if (threadIdx.x < 32) {
+		float s = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0f;
+		s = cu_warp_sum(s);
+		if (threadIdx.x == 0)
+			part[0] = s;
+	}
+	__syncthreads();
+	return part[0];
+}
+
+/* ---- tensor-core and async-copy instructions (sm_80+; every CUDA arch built is) ---- */
+
+__device__ __forceinline__ uint32_t cu_pack_bf16(float lo, float hi) /* lo in the low half */
+{
+	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(uint32_t *)&v;
+}
+
+/* c (16x8 fp32) += A (16x16 bf16, row) . B (16x8 bf16, col): mma.m16n8k16 */
+__device__ __forceinline__ void cu_mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+					    uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		     "{%0,%1,%2,%3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void cu_mma_bf16(float *c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+	cu_mma_bf16(c, a[0], a[1], a[2], a[3], b0, b1);
+}
+
+/* ldmatrix x4 (.trans: transposed) from shared memory */
+__device__ __forceinline__ void cu_ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, const void *p)
+{
+	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+		     : "r"(addr));
+}
+
+__device__ __forceinline__ void cu_ldsm_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
+						 const void *p)
+{
+	unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+		     : "r"(addr));
+}
+
+__device__ __forceinline__ void cu_ldsm_x4(uint32_t (&r)[4], const void *p)
+{
+	cu_ldsm_x4(r[0], r[1], r[2], r[3], p);
+}
+
+__device__ __forceinline__ void cu_ldsm_x4_trans(uint32_t (&r)[4], const void *p)
+{
+	cu_ldsm_x4_trans(r[0], r[1], r[2], r[3], p);
+}
+
+/* cp.async of 16 (8) bytes global -> shared; src_bytes 0 writes zeros and reads nothing */
+__device__ __forceinline__ void cu_cp_async16(void *dst, const void *src, int src_bytes)
+{
+	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void cu_cp_async8(void *dst, const void *src, int src_bytes)
+{
+	unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+
+__device__ __forceinline__ void cu_cp_async_commit()
+{
+	asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void cu_cp_async_wait()
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 /* One element of a cached row, dequantised: values area vals (layer-block base), scales at sc
  * (NULL for unscaled formats), slot, element e of part p. */
 struct cu_kvfmt {

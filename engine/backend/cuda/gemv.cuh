@@ -88,23 +88,6 @@ __device__ __forceinline__ void gemv_warp(const T *w, size_t ld, int row0, int r
 #define MMA_WARPS 8
 #define MMA_U 4
 
-__device__ __forceinline__ uint32_t gemv_pack_bf16(float lo, float hi)
-{
-	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-	return *(uint32_t *)&v;
-}
-
-__device__ __forceinline__ void gemv_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-					 uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		     "{%0,%1,%2,%3};\n"
-		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-		     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 /* Rows row0 .. row0 + 15 of w times 8 tokens, one block of MMA_WARPS warps; lane (g, t4)'s xg is
  * its token g's activations (the caller clamps g to its last token). Warp 0 returns 1 with
  * v[j] = row (row0 + g + 8 * (j >= 2)) . token (2 * t4 + (j & 1)); the other warps return 0. */
@@ -133,10 +116,10 @@ __device__ __forceinline__ int gemv_mma_rows(const uint16_t *w, size_t ld, int r
 #pragma unroll
 		for (int u = 0; u < MMA_U; u++) {
 			if (c0 + u * MMA_WARPS < nch) {
-				gemv_mma(c, A[u].x, B[u].x, A[u].y, B[u].y, gemv_pack_bf16(X0[u].x, X0[u].y),
-					 gemv_pack_bf16(X0[u].z, X0[u].w));
-				gemv_mma(c, A[u].z, B[u].z, A[u].w, B[u].w, gemv_pack_bf16(X1[u].x, X1[u].y),
-					 gemv_pack_bf16(X1[u].z, X1[u].w));
+				cu_mma_bf16(c, A[u].x, B[u].x, A[u].y, B[u].y, cu_pack_bf16(X0[u].x, X0[u].y),
+					    cu_pack_bf16(X0[u].z, X0[u].w));
+				cu_mma_bf16(c, A[u].z, B[u].z, A[u].w, B[u].w, cu_pack_bf16(X1[u].x, X1[u].y),
+					    cu_pack_bf16(X1[u].z, X1[u].w));
 			}
 		}
 	}

@@ -232,8 +232,7 @@ __device__ __forceinline__ void moe_st(__half *p, float v)
 template <typename T> __device__ __forceinline__ uint32_t moe_pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t moe_pack2<__nv_bfloat16>(float lo, float hi)
 {
-	__nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-	return *(uint32_t *)&v;
+	return cu_pack_bf16(lo, hi);
 }
 template <> __device__ __forceinline__ uint32_t moe_pack2<__half>(float lo, float hi)
 {

@@ -11,18 +11,7 @@ __global__ void rmsnorm_kernel(float *y, int ldy, const float *x, int ldx, int d
 	float ss = 0;
 	for (int d = threadIdx.x; d < dim; d += blockDim.x)
 		ss += xi[d] * xi[d];
-	ss = cu_warp_sum(ss);
-	if ((threadIdx.x & 31) == 0)
-		part[threadIdx.x >> 5] = ss;
-	__syncthreads();
-	if (threadIdx.x < 32) {
-		float v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0f;
-		v = cu_warp_sum(v);
-		if (threadIdx.x == 0)
-			part[0] = v;
-	}
-	__syncthreads();
-	float inv = 1.0f / sqrtf(part[0] / (float)dim + eps);
+	float inv = 1.0f / sqrtf(cu_block_sum(ss, part) / (float)dim + eps);
 	for (int d = threadIdx.x; d < dim; d += blockDim.x)
 		yi[d] = w[d] * (xi[d] * inv);
 }
@@ -59,18 +48,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *t, float *y, int dim, 
 			ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
 		}
 	}
-	ss = cu_warp_sum(ss);
-	if ((threadIdx.x & 31) == 0)
-		part[threadIdx.x >> 5] = ss;
-	__syncthreads();
-	if (threadIdx.x < 32) {
-		float s2 = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0f;
-		s2 = cu_warp_sum(s2);
-		if (threadIdx.x == 0)
-			part[0] = s2;
-	}
-	__syncthreads();
-	float inv = 1.0f / sqrtf(part[0] / (float)dim + eps);
+	float inv = 1.0f / sqrtf(cu_block_sum(ss, part) / (float)dim + eps);
 	float4 *yi = (float4 *)(y + (size_t)blockIdx.x * dim);
 	const float4 *w4 = (const float4 *)w;
 #pragma unroll
