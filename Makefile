@@ -54,7 +54,7 @@ ifneq ($(strip $(NVCC)),)
 ifneq ($(strip $(CU_SRC)),)
 CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_ARCHS ?= 80 87 89 90 110
-NVFLAGS = -O3 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -I. -Ishared \
+NVFLAGS = -O3 -std=c++17 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings -MMD -MP -I. -Ishared \
 	$(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 CU_OBJ  = $(patsubst %.cu,$(BUILD)/obj/%.o,$(CU_SRC))
 ENGINE_OBJ += $(CU_OBJ)

@@ -13,11 +13,13 @@
 #include "engine/backend.h"
 
 enum { OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_SILU, OP_ADD, OP_COPY2D, OP_ZERO, OP_KVW, OP_KVG, OP_GQA,
-       OP_MLA, OP_DENSE, OP_ROUTE, OP_MOE, OP_HEADS, OP_MM2, OP_ADDN, OP_N };
+       OP_MLA, OP_DENSE, OP_ROUTE, OP_MOE, OP_HEADS, OP_MM2, OP_ADDN, OP_GLU, OP_ROUTER, OP_NMM2, OP_MOESH,
+       OP_PREP, OP_N };
 
 static const char *op_names[OP_N] = {"embed", "matmul", "rmsnorm", "rope", "silu_mul", "add", "copy2d", "zero",
 				     "kv_write", "kv_gather", "attn_gqa", "attn_mla", "attn_dense", "moe_route",
-				     "moe_ffn", "matmul_heads", "matmul2", "add_rmsnorm"};
+				     "moe_ffn", "matmul_heads", "matmul2", "add_rmsnorm", "glu", "moe_router",
+				     "norm_matmul2", "moe_ffn_shared", "mla_prep"};
 
 struct optime {
 	struct eng_backend be; /* first: the wrapper is an eng_backend */
@@ -167,6 +169,38 @@ static void ot_addn(struct eng_backend *be, float *x, const float *t, float *y, 
 	TIMED(OP_ADDN, add_rmsnorm(IN(be), x, t, y, n, dim, w, eps));
 }
 
+static void ot_glu(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1, const struct eng_w *w2,
+		   float *g, float *u, int ld)
+{
+	TIMED(OP_GLU, glu(IN(be), x, ldx, n, w1, w2, g, u, ld));
+}
+
+static void ot_router(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w,
+		      const struct eng_moe_route *r, float *logits, int32_t *idx, float *wt)
+{
+	TIMED(OP_ROUTER, moe_router(IN(be), pn, n, w, r, logits, idx, wt));
+}
+
+static void ot_nmm2(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w1, float *y1,
+		    int ldy1, const struct eng_w *w2, float *y2, int ldy2)
+{
+	TIMED(OP_NMM2, norm_matmul2(IN(be), pn, n, w1, y1, ldy1, w2, y2, ldy2));
+}
+
+static void ot_moesh(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
+		     int K, int E, const struct eng_w *g, const struct eng_w *u, const struct eng_w *d,
+		     const struct eng_w *sh, float *sg, float *su, float *out, float *scr)
+{
+	TIMED(OP_MOESH, moe_ffn_shared(IN(be), x, n, dim, idx, wt, K, E, g, u, d, sh, sg, su, out, scr));
+}
+
+static void ot_prep(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, float *q, int nh,
+		    int dn, int dr, float *kva, int R, const float *kv_norm, float eps, const struct eng_rope *rope,
+		    const struct eng_w *uk, float *q_lat, float *q_pe)
+{
+	TIMED(OP_PREP, mla_prep(IN(be), kv, layer, b, q, nh, dn, dr, kva, R, kv_norm, eps, rope, uk, q_lat, q_pe));
+}
+
 struct eng_backend *optime_wrap(struct eng_backend *in)
 {
 	struct optime *o = calloc(1, sizeof(*o));
@@ -183,6 +217,11 @@ struct eng_backend *optime_wrap(struct eng_backend *in)
 	be->matmul_heads = in->matmul_heads ? ot_heads : NULL;
 	be->matmul2 = in->matmul2 ? ot_mm2 : NULL;
 	be->add_rmsnorm = in->add_rmsnorm ? ot_addn : NULL;
+	be->glu = in->glu ? ot_glu : NULL;
+	be->moe_router = in->moe_router ? ot_router : NULL;
+	be->norm_matmul2 = in->norm_matmul2 ? ot_nmm2 : NULL;
+	be->moe_ffn_shared = in->moe_ffn_shared ? ot_moesh : NULL;
+	be->mla_prep = in->mla_prep ? ot_prep : NULL;
 	return be; /* step_begin/step_end/step_forget stay NULL: every op runs eagerly */
 }
 

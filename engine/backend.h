@@ -21,6 +21,17 @@ struct eng_w {
 	size_t ld;  /* elements between rows (>= cols); views into fused tensors use it */
 };
 
+/* The start of a fused op that begins with a residual add and a norm (norm_matmul2, moe_router):
+ * x (n, dim) += t (t NULL: nothing added), then xn = x / rms(x) * w, which the op uses and stores
+ * (a later op reads it). */
+struct eng_prenorm {
+	float *x;
+	const float *t;
+	const float *w;
+	float eps;
+	float *xn;
+};
+
 struct eng_moe_route {
 	int n_experts, top_k;
 	int group_limited, n_group, topk_group;
@@ -107,6 +118,35 @@ struct eng_backend {
 	 * the next norm in one pass. NULL: add, then rmsnorm. */
 	void (*add_rmsnorm)(struct eng_backend *be, float *x, const float *t, float *y, int n, int dim, const float *w,
 			    float eps);
+	/* g (n, w1.rows) [ld] = silu(x . W1^T) * (x . W2^T): the SwiGLU MLP's gate, up and product in
+	 * one pass (w1, w2 of one shape and dtype); u (n, w2.rows) [ld] is scratch for a backend that
+	 * makes them apart. NULL: matmul2 (or two matmuls), then silu_mul. */
+	void (*glu)(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1,
+		    const struct eng_w *w2, float *g, float *u, int ld);
+	/* pn's add and norm (x (n, w.cols)), logits (n, w.rows) = xn . W^T, then moe_route's selection
+	 * into idx and wt, in one pass. NULL: add_rmsnorm (or rmsnorm), matmul, then moe_route. */
+	void (*moe_router)(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w,
+			   const struct eng_moe_route *r, float *logits, int32_t *idx, float *wt);
+	/* pn's add and norm (x (n, w1.cols)), then y1 (n, w1.rows) [ldy1] = xn . W1^T and y2 = xn . W2^T
+	 * (as matmul2), in one pass: a decode step's first projections of a block. NULL: add_rmsnorm
+	 * (or rmsnorm), then matmul2. */
+	void (*norm_matmul2)(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w1,
+			     float *y1, int ldy1, const struct eng_w *w2, float *y2, int ldy2);
+	/* The absorbed MLA's prep of a step's rows in one pass: kva (n, R + dr) = [latent | k_pe] per
+	 * token: the latent normed (weights kv_norm, eps), k_pe roped at b->pos, both in place, then the
+	 * row cached at layer (as kv_write); q (n, nh, dn + dr): each head's q_pe roped in place;
+	 * q_lat (n, nh, R) = q_nope_h . uk[h]^T (uk[h]: R rows, dn cols, as matmul_heads); q_pe_out
+	 * (n, nh, dr) = the roped q_pe. NULL: rmsnorm, rope, rope, kv_write, matmul_heads, copy2d. */
+	void (*mla_prep)(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, float *q,
+			 int nh, int dn, int dr, float *kva, int R, const float *kv_norm, float eps,
+			 const struct eng_rope *rope, const struct eng_w *uk, float *q_lat, float *q_pe_out);
+	/* out (n, dim) = shared(x) + moe_ffn's sum (out's contents are not read): the shared experts'
+	 * SwiGLU (sh: gate, up (Is, dim), down (dim, Is)) in the routed experts' launches; g, u (n, Is):
+	 * scratch. NULL: glu and matmul into out, then moe_ffn. */
+	void (*moe_ffn_shared)(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx,
+			       const float *wt, int top_k, int n_experts, const struct eng_w *gate,
+			       const struct eng_w *up, const struct eng_w *down, const struct eng_w *sh, float *g,
+			       float *u, float *out, float *scratch);
 	/* Whole-step recording (CUDA graphs). The forward pass calls step_begin before its first op of a
 	 * step whose op sequence depends only on (owner, kv, b->n, the block-table length, variant), never
 	 * on the values of ids, positions or tables; then, when step_begin returned 0, it issues every op
@@ -120,6 +160,24 @@ struct eng_backend {
 	/* Drops every recording made for owner (a model being freed: its buffers' addresses are baked in). */
 	void (*step_forget)(struct eng_backend *be, const void *owner);
 };
+
+/* The SwiGLU's g = silu(x . W1^T) * (x . W2^T) with whatever the backend has: glu, or matmul2 or
+ * two matmuls, then silu_mul (u: scratch of g's shape). */
+static inline void eng_glu(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1,
+			   const struct eng_w *w2, float *g, float *u, int ld)
+{
+	if (be->glu) {
+		be->glu(be, x, ldx, n, w1, w2, g, u, ld);
+		return;
+	}
+	if (be->matmul2) {
+		be->matmul2(be, x, ldx, n, w1, g, ld, w2, u, ld);
+	} else {
+		be->matmul(be, x, ldx, n, w1, NULL, g, ld);
+		be->matmul(be, x, ldx, n, w2, NULL, u, ld);
+	}
+	be->silu_mul(be, g, ld, u, ld, n, w1->rows);
+}
 
 /* Floats of scratch moe_ffn needs for n tokens. */
 static inline size_t eng_backend_moe_scratch(int n, int dim, int inter)

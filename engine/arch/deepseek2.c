@@ -41,15 +41,16 @@ int eng_deepseek2_naive(const struct eng_model *m, const struct eng_batch *b)
 	return naive && b->n_seqs == 1 && b->pos[b->n - 1] + 1 <= SH_MIN(c->max_pos, NAIVE_CTX_CAP);
 }
 
-/* x += t, then y = rmsnorm(x) * w: one pass where the backend fuses them */
-static void add_norm(struct eng_backend *be, float *x, const float *t, float *y, int n, int H, const float *w,
-		     float eps)
+/* pn: x += t (if any), then xn = rmsnorm(x) * w; one pass where the backend fuses them */
+static void prenorm(struct eng_backend *be, const struct eng_prenorm *pn, int n, int H)
 {
-	if (be->add_rmsnorm) {
-		be->add_rmsnorm(be, x, t, y, n, H, w, eps);
+	if (!pn->t) {
+		be->rmsnorm(be, pn->xn, H, pn->x, H, n, H, pn->w, pn->eps);
+	} else if (be->add_rmsnorm) {
+		be->add_rmsnorm(be, pn->x, pn->t, pn->xn, n, H, pn->w, pn->eps);
 	} else {
-		be->add(be, x, t, (size_t)n * H);
-		be->rmsnorm(be, y, H, x, H, n, H, w, eps);
+		be->add(be, pn->x, pn->t, (size_t)n * H);
+		be->rmsnorm(be, pn->xn, H, pn->x, H, n, H, pn->w, pn->eps);
 	}
 }
 
@@ -85,27 +86,35 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 	int pending = 0;
 	for (int l = 0; l < c->n_layers; l++) {
 		const struct eng_layer *L = &m->layers[l];
-		/* attention: queries */
-		if (pending)
-			add_norm(be, x, tmp, xn, n, H, L->attn_norm, c->rms_eps);         /* x += MLP; (n, H) */
-		else
-			be->rmsnorm(be, xn, H, x, H, n, H, L->attn_norm, c->rms_eps);       /* (n, H) */
-		if (ql) {
-			be->matmul(be, xn, H, n, &L->q_a, NULL, qa, ql);                      /* (n, ql) */
-			be->rmsnorm(be, qa, ql, qa, ql, n, ql, L->q_a_norm, c->rms_eps);
-			be->matmul(be, qa, ql, n, &L->q_b, NULL, q, nh * qk);                 /* (n, nh*qk) */
-		} else if (!be->matmul2) {
-			be->matmul(be, xn, H, n, &L->q, NULL, q, nh * qk);                    /* (n, nh*qk) */
+		/* attention: queries (x += the MLP's output, then the norm, xn (n, H)) */
+		struct eng_prenorm pn = {x, pending ? tmp : NULL, L->attn_norm, c->rms_eps, xn};
+		if (!ql && be->norm_matmul2) { /* the norm, q and the compressed KV in one launch */
+			be->norm_matmul2(be, &pn, n, &L->q, q, nh * qk, &L->kv_a, kva, R + dr);
+		} else {
+			prenorm(be, &pn, n, H);
+			if (ql) {
+				be->matmul(be, xn, H, n, &L->q_a, NULL, qa, ql);              /* (n, ql) */
+				be->rmsnorm(be, qa, ql, qa, ql, n, ql, L->q_a_norm, c->rms_eps);
+				be->matmul(be, qa, ql, n, &L->q_b, NULL, q, nh * qk);         /* (n, nh*qk) */
+			} else if (be->matmul2) { /* q and kv_a in one launch */
+				be->matmul2(be, xn, H, n, &L->q, q, nh * qk, &L->kv_a, kva, R + dr);
+			} else {
+				be->matmul(be, xn, H, n, &L->q, NULL, q, nh * qk);            /* (n, nh*qk) */
+			}
+			if (ql || !be->matmul2) /* compressed KV: latent and the shared rope key */
+				be->matmul(be, xn, H, n, &L->kv_a, NULL, kva, R + dr);        /* (n, R+dr) */
 		}
-		/* compressed KV: latent (normed) and the shared rope key, into the cache */
-		if (!ql && be->matmul2) /* q and kv_a in one launch */
-			be->matmul2(be, xn, H, n, &L->q, q, nh * qk, &L->kv_a, kva, R + dr);
-		else
-			be->matmul(be, xn, H, n, &L->kv_a, NULL, kva, R + dr);                /* (n, R+dr) */
-		be->rmsnorm(be, kva, R + dr, kva, R + dr, n, R, L->kv_a_norm, c->rms_eps);    /* c: (n, R) */
-		be->rope(be, kva + R, n, 1, R + dr, dr, b->pos, &m->rope);                    /* k_pe: (n, dr) */
-		be->rope(be, q + dn, n, nh, nh * qk, qk, b->pos, &m->rope);                   /* q_pe in place */
-		be->kv_write(be, kv, l, b, kva, R + dr);
+		/* the latent normed, k_pe roped, into the cache; q_pe roped */
+		int prep = !naive && be->mla_prep; /* these four ops and the absorbed path's q_lat, qpe in one */
+		if (prep) {
+			be->mla_prep(be, kv, l, b, q, nh, dn, dr, kva, R, L->kv_a_norm, c->rms_eps, &m->rope, L->uk_t,
+				     qlat, qpe);
+		} else {
+			be->rmsnorm(be, kva, R + dr, kva, R + dr, n, R, L->kv_a_norm, c->rms_eps); /* c: (n, R) */
+			be->rope(be, kva + R, n, 1, R + dr, dr, b->pos, &m->rope);                 /* k_pe: (n, dr) */
+			be->rope(be, q + dn, n, nh, nh * qk, qk, b->pos, &m->rope);                /* q_pe in place */
+			be->kv_write(be, kv, l, b, kva, R + dr);
+		}
 
 		if (naive) {
 			float *cg = nv;                                   /* (ctx, R+dr) */
@@ -123,15 +132,17 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 			be->copy2d(be, vf, dv * F, kb + dn, (size_t)(dn + dv) * F, dv * F, (size_t)ctx * nh);
 			be->attn_dense(be, q, b->pos, n, kf, vf, ctx, nh, qk, dv, c->softmax_scale, att); /* (n, nh*dv) */
 		} else {
-			/* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
-			if (be->matmul_heads)
-				be->matmul_heads(be, q, nh * qk, qk, n, nh, L->uk_t, qlat, nh * R, R);
-			else
-				for (int h = 0; h < nh; h++)
-					be->matmul(be, q + (size_t)h * qk, nh * qk, n, &L->uk_t[h], NULL, qlat + (size_t)h * R,
-						   nh * R);
-			be->copy2d(be, qpe, sizeof(float) * dr, q + dn, sizeof(float) * qk, sizeof(float) * dr,
-				   (size_t)n * nh);                                           /* (n, nh, dr) */
+			if (!prep) { /* else mla_prep made both */
+				/* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
+				if (be->matmul_heads)
+					be->matmul_heads(be, q, nh * qk, qk, n, nh, L->uk_t, qlat, nh * R, R);
+				else
+					for (int h = 0; h < nh; h++)
+						be->matmul(be, q + (size_t)h * qk, nh * qk, n, &L->uk_t[h], NULL,
+							   qlat + (size_t)h * R, nh * R);
+				be->copy2d(be, qpe, sizeof(float) * dr, q + dn, sizeof(float) * qk, sizeof(float) * dr,
+					   (size_t)n * nh);                                   /* (n, nh, dr) */
+			}
 			be->attn_mla(be, kv, l, b, qlat, qpe, nh, R, dr, c->softmax_scale, olat); /* (n, nh, R) */
 			/* out_h (n, dv) = o_lat_h (n, R) . W_UV_h^T */
 			if (be->matmul_heads)
@@ -143,32 +154,38 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 		}
 		be->matmul(be, att, nh * dv, n, &L->wo, NULL, tmp, H);                      /* (n, H) */
 
-		/* MLP: tmp = the shared experts' (or the dense MLP's) output, + the routed experts' */
-		add_norm(be, x, tmp, xn, n, H, L->mlp_norm, c->rms_eps);                   /* x += attn; (n, H) */
-		if (!L->moe || c->n_shared) {
-			int Il = L->gate.rows;
-			if (be->matmul2) {
-				be->matmul2(be, xn, H, n, &L->gate, g, Il, &L->up, u, Il);
-			} else {
-				be->matmul(be, xn, H, n, &L->gate, NULL, g, Il);            /* (n, Il) */
-				be->matmul(be, xn, H, n, &L->up, NULL, u, Il);              /* (n, Il) */
-			}
-			be->silu_mul(be, g, Il, u, Il, n, Il);
-			be->matmul(be, g, Il, n, &L->down, NULL, tmp, H);                   /* (n, H) */
-		} else {
-			be->zero(be, tmp, sizeof(float) * (size_t)n * H);
-		}
+		/* MLP: x += attn, then the norm (in the router's launch where the backend fuses them); tmp =
+		 * the shared experts' (or the dense MLP's) output, + the routed experts' */
+		struct eng_prenorm pm = {x, tmp, L->mlp_norm, c->rms_eps, xn};
 		if (L->moe) {
 			struct eng_moe_route r = {E, K, c->topk_method == ENG_TOPK_GROUP_LIMITED, c->n_group,
 						  c->topk_group, c->norm_topk_prob, c->routed_scaling};
-			be->matmul(be, xn, H, n, &L->router, NULL, rl, E);                    /* (n, E) */
-			be->moe_route(be, rl, n, &r, idx, wt);                                /* (n, K) */
-			be->moe_ffn(be, xn, n, H, idx, wt, K, E, L->e_gate, L->e_up, L->e_down, tmp, moe_s); /* += */
+			if (be->moe_router) {
+				be->moe_router(be, &pm, n, &L->router, &r, rl, idx, wt);      /* (n, K) */
+			} else {
+				prenorm(be, &pm, n, H);
+				be->matmul(be, xn, H, n, &L->router, NULL, rl, E);            /* (n, E) */
+				be->moe_route(be, rl, n, &r, idx, wt);                        /* (n, K) */
+			}
+		} else {
+			prenorm(be, &pm, n, H);
+		}
+		if (L->moe && c->n_shared && be->moe_ffn_shared) { /* shared + routed in the same launches */
+			const struct eng_w sh[3] = {L->gate, L->up, L->down};
+			be->moe_ffn_shared(be, xn, n, H, idx, wt, K, E, L->e_gate, L->e_up, L->e_down, sh, g, u, tmp, moe_s);
+		} else {
+			if (!L->moe || c->n_shared) {
+				int Il = L->gate.rows;
+				eng_glu(be, xn, H, n, &L->gate, &L->up, g, u, Il);        /* (n, Il) */
+				be->matmul(be, g, Il, n, &L->down, NULL, tmp, H);           /* (n, H) */
+			} else {
+				be->zero(be, tmp, sizeof(float) * (size_t)n * H);
+			}
+			if (L->moe) /* += */
+				be->moe_ffn(be, xn, n, H, idx, wt, K, E, L->e_gate, L->e_up, L->e_down, tmp, moe_s);
 		}
 		pending = 1;
 	}
-	if (pending) /* the last MLP's output, then the final norm in place */
-		add_norm(be, x, tmp, x, n, H, m->final_norm, c->rms_eps);
-	else
-		be->rmsnorm(be, x, H, x, H, n, H, m->final_norm, c->rms_eps);
+	struct eng_prenorm pf = {x, pending ? tmp : NULL, m->final_norm, c->rms_eps, x}; /* the final norm in place */
+	prenorm(be, &pf, n, H);
 }

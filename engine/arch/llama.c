@@ -39,9 +39,7 @@ void eng_llama_forward(struct eng_model *m, struct eng_kv *kv, const struct eng_
 		be->add(be, x, tmp, (size_t)n * H);
 		/* MLP */
 		be->rmsnorm(be, xn, H, x, H, n, H, L->mlp_norm, c->rms_eps);           /* (n, H) */
-		be->matmul(be, xn, H, n, &L->gate, NULL, g, I);                         /* (n, I) */
-		be->matmul(be, xn, H, n, &L->up, NULL, u, I);                           /* (n, I) */
-		be->silu_mul(be, g, I, u, I, n, I);
+		eng_glu(be, xn, H, n, &L->gate, &L->up, g, u, I);                       /* (n, I) */
 		be->matmul(be, g, I, n, &L->down, NULL, tmp, H);                        /* (n, H) */
 		be->add(be, x, tmp, (size_t)n * H);
 	}

@@ -3,8 +3,11 @@
 # build/cuda-carry here and it travelled: the op-by-op harness, the golden models on CUDA, the
 # decode bench, then compute-sanitizer (memcheck) over the quick harness. Logs go to $LOG
 # (default $OUT, else /tmp). Exit status: non-zero if a check failed.
-#   sh tests/cuda/run.sh [ops|golden|bench|sanitize|optime ...]   (default: the first four)
+#   sh tests/cuda/run.sh [ops|golden|bench|sanitize|optime|goldenfuse|benchfuse ...]
+#   (default: ops golden goldenfuse bench benchfuse sanitize)
 # optime: where a prefill's and a decode step's time goes, op by op (bench_cuda_decode --optime).
+# goldenfuse, benchfuse: the golden models and the quick bench with KVGATE_CUDA_FUSE=1 (the fused
+# decode ops, off by default until measured faster; compare with bench's rows of the same call).
 D=build/cuda-carry
 LOG=${LOG:-${OUT:-/tmp}}
 mkdir -p "$LOG"
@@ -12,7 +15,7 @@ CUBLAS_DIR=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so.13 /usr/local/cuda
 	$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null)/cu13/lib/libcublas.so.13 \
 	2>/dev/null | head -1)" 2>/dev/null)
 export LD_LIBRARY_PATH="$PWD/$D/lib:$CUBLAS_DIR:/usr/local/cuda/lib64:$LD_LIBRARY_PATH"
-what=${*:-ops golden bench sanitize}
+what=${*:-ops golden goldenfuse bench benchfuse sanitize}
 rc=0
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$LOG/gpu.txt"
 for w in $what; do
@@ -21,6 +24,10 @@ for w in $what; do
 	golden) "$D/test_cuda_golden" >"$LOG/golden.log" 2>&1; s=$?; cat "$LOG/golden.log" ;;
 	bench) "$D/bench_cuda_decode" >"$LOG/bench.log" 2>&1; s=$?; cat "$LOG/bench.log" ;;
 	optime) "$D/bench_cuda_decode" --optime >"$LOG/optime.log" 2>&1; s=$?; cat "$LOG/optime.log" ;;
+	goldenfuse) KVGATE_CUDA_FUSE=1 "$D/test_cuda_golden" >"$LOG/golden-fuse.log" 2>&1; s=$?
+		tail -3 "$LOG/golden-fuse.log" ;;
+	benchfuse) KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --quick >"$LOG/bench-fuse.log" 2>&1; s=$?
+		cat "$LOG/bench-fuse.log" ;;
 	sanitize) timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$D/test_cuda_ops" --quick \
 		>"$LOG/sanitize.log" 2>&1; s=$?; tail -5 "$LOG/sanitize.log" ;;
 	esac

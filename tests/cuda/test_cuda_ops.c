@@ -15,6 +15,7 @@
 #include "engine/kv.h"
 
 static struct eng_backend *cpu, *gpu;
+static struct eng_backend *gpuf; /* the same device with KVGATE_CUDA_FUSE=1: the fused decode ops */
 static int fails, checks;
 static double copy_bw; /* bytes/s, read + write */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -241,6 +242,29 @@ static void check_matmul2(int rows1, int rows2, int cols, int n)
 	snprintf(shape, sizeof(shape), "BF16 W(%d,%d)+W(%d,%d) n=%d", rows1, cols, rows2, cols, n);
 	report("matmul2", shape, nmse_of(Y.h, Y.d, (size_t)n * ldy), 3e-5, 0, 0);
 	twin_free(&W1), twin_free(&W2), twin_free(&X), twin_free(&Y);
+	free(w1f), free(w2f), free(xf), free(w1d), free(w2d);
+}
+
+/* glu: silu(x . W1^T) * (x . W2^T) against the CPU's two matmuls and silu_mul; W1, W2 of one
+ * shape (the SwiGLU's gate and up) */
+static void check_glu(int rows, int cols, int n, enum eng_dtype dt)
+{
+	size_t wn = (size_t)rows * cols, es = eng_dtype_size(dt);
+	float *w1f = rand_f32(wn, 0.05f), *w2f = rand_f32(wn, 0.05f), *xf = rand_f32((size_t)n * cols, 1.0f);
+	void *w1d = to_dtype(w1f, wn, dt), *w2d = to_dtype(w2f, wn, dt);
+	struct twin W1 = twin_new(w1d, wn * es), W2 = twin_new(w2d, wn * es), X = twin_new(xf, (size_t)n * cols * 4);
+	struct twin G = twin_new(NULL, (size_t)n * rows * 4), U = twin_new(NULL, (size_t)n * rows * 4);
+	struct eng_w h1 = {W1.h, dt, rows, cols, (size_t)cols}, d1 = {W1.d, dt, rows, cols, (size_t)cols};
+	struct eng_w h2 = {W2.h, dt, rows, cols, (size_t)cols}, d2 = {W2.d, dt, rows, cols, (size_t)cols};
+	cpu->matmul(cpu, X.h, cols, n, &h1, NULL, G.h, rows);
+	cpu->matmul(cpu, X.h, cols, n, &h2, NULL, U.h, rows);
+	cpu->silu_mul(cpu, G.h, rows, U.h, rows, n, rows);
+	poison(&G);
+	gpuf->glu(gpuf, X.d, cols, n, &d1, &d2, G.d, U.d, rows);
+	char shape[96];
+	snprintf(shape, sizeof(shape), "%s 2 x W(%d,%d) n=%d", eng_dtype_name(dt), rows, cols, n);
+	report("glu", shape, nmse_of(G.h, G.d, (size_t)n * rows), dt == ENG_DT_F32 ? 1e-10 : 3e-5, 0, 0);
+	twin_free(&W1), twin_free(&W2), twin_free(&X), twin_free(&G), twin_free(&U);
 	free(w1f), free(w2f), free(xf), free(w1d), free(w2d);
 }
 
@@ -568,6 +592,117 @@ static void check_mla(enum eng_kv_fmt fmt, int n_seqs, const int *ctx, int exact
 	kvpair_free(&k);
 }
 
+/* mla_prep against the six ops it stands for, on the CPU: token i of sequence i at pos[i], uk per
+ * head in dt (bf16 at whole 32-column chunks: the fused kernel; f32 or odd widths: the six CUDA ops
+ * it falls back to). q_lat, the roped q, q_pe_out and the normed, roped kva by NMSE; the cache byte
+ * for byte after the CPU has re-encoded the GPU's rows (the norms' sums may differ in the last bit,
+ * the codecs must not). steps: also inside a step (eager, recorded, replayed). */
+struct prep_run {
+	struct kvpair *k;
+	struct eng_batch *b;
+	struct twin *q, *kva, *nw, *ql, *qp;
+	const struct eng_rope *r;
+	struct eng_w *w;
+	int nh, dn, dr, R;
+};
+
+static void prep_go(void *p)
+{
+	struct prep_run *a = p;
+	gpuf->mla_prep(gpuf, a->k->d, 1, a->b, a->q->d, a->nh, a->dn, a->dr, a->kva->d, a->R, a->nw->d, 1e-6f, a->r, a->w,
+		      a->ql->d, a->qp->d);
+}
+
+static void check_mla_prep(enum eng_kv_fmt fmt, int n, const int32_t *pos, int nh, int dn, int dr, int R,
+			   enum eng_dtype dt, int steps, int timed)
+{
+	int qk = dn + dr, maxp = 0;
+	size_t es = eng_dtype_size(dt), nq = (size_t)n * nh * qk, nkv = (size_t)n * (R + dr);
+	struct eng_kv_shape shape = {2, R + dr, 2, {0, R, R + dr}};
+	for (int i = 0; i < n; i++)
+		maxp = SH_MAX(maxp, pos[i]);
+	struct kvpair k;
+	kvpair_new(&k, fmt, &shape, n, maxp + 1);
+	struct eng_rope_cfg rc = {0}; /* DeepSeek-V2's: YaRN, interleaved pairs */
+	rc.type = ENG_ROPE_YARN, rc.dim = dr, rc.theta = 10000, rc.factor = 40, rc.orig_max_pos = 4096;
+	rc.beta_fast = 32, rc.beta_slow = 1, rc.mscale = 0.707, rc.mscale_all_dim = 0.707, rc.attention_factor = -1;
+	rc.interleaved = 1;
+	struct eng_rope r;
+	struct sh_err err;
+	if (eng_rope_init(&r, &rc, &err)) {
+		printf("FAIL mla_prep rope init: %s\n", err.msg);
+		fails++;
+		kvpair_free(&k);
+		return;
+	}
+	struct twin *W = malloc(sizeof(struct twin) * (size_t)nh);
+	struct eng_w *wh = malloc(sizeof(struct eng_w) * (size_t)nh), *wg = malloc(sizeof(struct eng_w) * (size_t)nh);
+	for (int h = 0; h < nh; h++) {
+		float *wf = rand_f32((size_t)R * dn, 0.05f);
+		void *wd = to_dtype(wf, (size_t)R * dn, dt);
+		W[h] = twin_new(wd, (size_t)R * dn * es);
+		wh[h] = (struct eng_w){W[h].h, dt, R, dn, (size_t)dn};
+		wg[h] = (struct eng_w){W[h].d, dt, R, dn, (size_t)dn};
+		free(wf), free(wd);
+	}
+	float *qf = rand_f32(nq, 1.0f), *kvf = rand_f32(nkv, 2.0f), *nf = rand_f32((size_t)R, 1.0f);
+	struct twin Q = twin_new(qf, nq * 4), KV = twin_new(kvf, nkv * 4), NW = twin_new(nf, (size_t)R * 4);
+	struct twin QL = twin_new(NULL, (size_t)n * nh * R * 4), QP = twin_new(NULL, (size_t)n * nh * dr * 4);
+	int32_t *si = malloc(sizeof(int32_t) * n), *ids = calloc((size_t)n, sizeof(int32_t));
+	struct eng_kv_seq **sh = malloc(sizeof(void *) * n), **sd = malloc(sizeof(void *) * n);
+	for (int i = 0; i < n; i++)
+		si[i] = i, sh[i] = &k.sh[i], sd[i] = &k.sd[i];
+	struct eng_batch bh = {n, NULL, pos, si, sh, n, NULL}, bd = {n, ids, pos, si, sd, n, NULL};
+	cpu->rmsnorm(cpu, KV.h, R + dr, KV.h, R + dr, n, R, NW.h, 1e-6f);
+	cpu->rope(cpu, (float *)KV.h + R, n, 1, R + dr, dr, pos, &r);
+	cpu->rope(cpu, (float *)Q.h + dn, n, nh, nh * qk, qk, pos, &r);
+	cpu->kv_write(cpu, k.h, 1, &bh, KV.h, R + dr);
+	for (int h = 0; h < nh; h++)
+		cpu->matmul(cpu, (float *)Q.h + (size_t)h * qk, nh * qk, n, &wh[h], NULL, (float *)QL.h + (size_t)h * R,
+			    nh * R);
+	cpu->copy2d(cpu, QP.h, 4 * (size_t)dr, (float *)Q.h + dn, 4 * (size_t)qk, 4 * (size_t)dr, (size_t)n * nh);
+	struct prep_run a = {&k, &bd, &Q, &KV, &NW, &QL, &QP, &r, wg, nh, dn, dr, R};
+	char shape_s[96], s2[128];
+	snprintf(shape_s, sizeof(shape_s), "%s %s %dh R%d+%d dn%d n=%d pos %d..%d", eng_kv_fmt_name(fmt),
+		 eng_dtype_name(dt), nh, R, dr, dn, n, pos[0], pos[n - 1]);
+	/* bf16 with whole 32-column chunks: tensor cores (activations rounded); otherwise fp32 */
+	double bound = dt == ENG_DT_BF16 && dn % 32 == 0 ? 3e-5 : 1e-10;
+	static const char *what[4] = {"", " step eager", " step recorded", " step replayed"};
+	for (int run = 0; run < (steps ? 4 : 1); run++) {
+		gpu->to_dev(gpu, Q.d, qf, nq * 4);
+		gpu->to_dev(gpu, KV.d, kvf, nkv * 4);
+		poison(&QL), poison(&QP);
+		int replayed = run && gpuf->step_begin(gpuf, &bd, k.d, &k, 0);
+		if (!replayed)
+			prep_go(&a);
+		if (run)
+			gpuf->step_end(gpuf);
+		snprintf(s2, sizeof(s2), "%.70s%s", shape_s, what[run]);
+		report("mla_prep", s2, nmse_of(QL.h, QL.d, (size_t)n * nh * R), bound, 0, 0);
+		/* q_pe roped (and q_nope untouched), q_pe_out, kva: fp32 both sides, rounding only */
+		double e = nmse_of(Q.h, Q.d, nq) + nmse_of(QP.h, QP.d, (size_t)n * nh * dr) + nmse_of(KV.h, KV.d, nkv);
+		snprintf(s2, sizeof(s2), "q, q_pe, kva%s", what[run]);
+		report("mla_prep", s2, e, 1e-11, 0, 0);
+	}
+	if (steps)
+		gpuf->step_forget(gpuf, &k);
+	float *rows = malloc(nkv * 4);
+	gpu->to_host(gpu, rows, KV.d, nkv * 4);
+	cpu->kv_write(cpu, k.h, 1, &bh, rows, R + dr);
+	snprintf(s2, sizeof(s2), "%s mla_prep rows, %d seqs", eng_kv_fmt_name(fmt), n);
+	check_pool_bytes(&k, s2);
+	if (timed) { /* last: each run norms and ropes the rows again */
+		double us = time_us(prep_go, &a, 20);
+		double bytes = (double)nh * R * dn * es + 4.0 * (nq * 2 + nkv * 2 + (double)n * nh * (R + dr));
+		report("mla_prep", shape_s, 0, 0, us, bytes);
+	}
+	for (int h = 0; h < nh; h++)
+		twin_free(&W[h]);
+	twin_free(&Q), twin_free(&KV), twin_free(&NW), twin_free(&QL), twin_free(&QP);
+	free(W), free(wh), free(wg), free(qf), free(kvf), free(nf), free(si), free(ids), free(sh), free(sd), free(rows);
+	kvpair_free(&k);
+}
+
 static void check_gqa_gather(enum eng_kv_fmt fmt)
 {
 	int nh = 12, nkv = 4, hd = 80, L = 2, n = 3;
@@ -688,22 +823,155 @@ static void check_route(int E, int K, int group)
 	twin_free(&Lg), twin_free(&I), twin_free(&Wt), free(lf);
 }
 
+/* The CPU side of a prenorm op: x += t, xn = rmsnorm(x) * w (the CPU has no add_rmsnorm). */
+static void cpu_prenorm(struct twin *X, struct twin *T, struct twin *W, struct twin *XN, int n, int dim)
+{
+	if (T)
+		cpu->add(cpu, X->h, T->h, (size_t)n * dim);
+	cpu->rmsnorm(cpu, XN->h, dim, X->h, dim, n, dim, W->h, 1e-6f);
+}
+
+/* x, t, the norm's weights and xn (poisoned on the device) of n tokens */
+static void prenorm_twins(struct twin *X, struct twin *T, struct twin *W, struct twin *XN, int n, int dim)
+{
+	float *xf = rand_f32((size_t)n * dim, 1.0f), *tf = rand_f32((size_t)n * dim, 0.5f), *wf = rand_f32(dim, 1.0f);
+	*X = twin_new(xf, (size_t)n * dim * 4), *T = twin_new(tf, (size_t)n * dim * 4), *W = twin_new(wf, (size_t)dim * 4);
+	*XN = twin_new(NULL, (size_t)n * dim * 4);
+	poison(XN);
+	free(xf), free(tf), free(wf);
+}
+
+/* the stored x and xn of a prenorm op against the CPU's */
+static void report_prenorm(const char *op, const char *shape, struct twin *X, struct twin *XN, int n, int dim)
+{
+	char w[128];
+	snprintf(w, sizeof(w), "%s: x", shape);
+	report(op, w, nmse_of(X->h, X->d, (size_t)n * dim), 1e-14, 0, 0);
+	snprintf(w, sizeof(w), "%s: xn", shape);
+	report(op, w, nmse_of(XN->h, XN->d, (size_t)n * dim), 1e-12, 0, 0);
+}
+
+/* norm_matmul2: x += t, the norm, then two matrices of xn, against the CPU's add, rmsnorm and
+ * matmuls (t: 0 leaves the add out) */
+static void check_norm_matmul2(int rows1, int rows2, int cols, int n, int t)
+{
+	float *w1f = rand_f32((size_t)rows1 * cols, 0.05f), *w2f = rand_f32((size_t)rows2 * cols, 0.05f);
+	void *w1d = to_dtype(w1f, (size_t)rows1 * cols, ENG_DT_BF16), *w2d = to_dtype(w2f, (size_t)rows2 * cols, ENG_DT_BF16);
+	struct twin W1 = twin_new(w1d, (size_t)rows1 * cols * 2), W2 = twin_new(w2d, (size_t)rows2 * cols * 2);
+	struct twin X, T, NW, XN, Y = twin_new(NULL, (size_t)n * (rows1 + rows2) * 4);
+	prenorm_twins(&X, &T, &NW, &XN, n, cols);
+	struct eng_w h1 = {W1.h, ENG_DT_BF16, rows1, cols, (size_t)cols}, d1 = {W1.d, ENG_DT_BF16, rows1, cols, (size_t)cols};
+	struct eng_w h2 = {W2.h, ENG_DT_BF16, rows2, cols, (size_t)cols}, d2 = {W2.d, ENG_DT_BF16, rows2, cols, (size_t)cols};
+	int ldy = rows1 + rows2;
+	cpu_prenorm(&X, t ? &T : NULL, &NW, &XN, n, cols);
+	cpu->matmul(cpu, XN.h, cols, n, &h1, NULL, Y.h, ldy);
+	cpu->matmul(cpu, XN.h, cols, n, &h2, NULL, (float *)Y.h + rows1, ldy);
+	poison(&Y);
+	struct eng_prenorm pn = {X.d, t ? T.d : NULL, NW.d, 1e-6f, XN.d};
+	gpuf->norm_matmul2(gpuf, &pn, n, &d1, Y.d, ldy, &d2, (float *)Y.d + rows1, ldy);
+	char shape[96];
+	snprintf(shape, sizeof(shape), "BF16 W(%d,%d)+W(%d,%d) n=%d%s", rows1, cols, rows2, cols, n, t ? " +t" : "");
+	report("norm_matmul2", shape, nmse_of(Y.h, Y.d, (size_t)n * ldy), 3e-5, 0, 0);
+	report_prenorm("norm_matmul2", shape, &X, &XN, n, cols);
+	twin_free(&W1), twin_free(&W2), twin_free(&X), twin_free(&T), twin_free(&NW), twin_free(&XN), twin_free(&Y);
+	free(w1f), free(w2f), free(w1d), free(w2d);
+}
+
+/* moe_router: the add and norm, the router's matmul and the routing in one pass, against the
+ * CPU's add, rmsnorm, matmul and moe_route: the same experts (exactly) and weights */
+static void check_router(int E, int K, int n, int group, enum eng_dtype dt)
+{
+	int cols = 2048;
+	size_t wn = (size_t)E * cols, es = eng_dtype_size(dt);
+	float *wf = rand_f32(wn, 0.05f);
+	void *wd = to_dtype(wf, wn, dt);
+	struct twin W = twin_new(wd, wn * es), X, T, NW, XN, Lg = twin_new(NULL, (size_t)n * E * 4);
+	struct twin I = twin_new(NULL, (size_t)n * K * 4), Wt = twin_new(NULL, (size_t)n * K * 4);
+	prenorm_twins(&X, &T, &NW, &XN, n, cols);
+	struct eng_w wh = {W.h, dt, E, cols, (size_t)cols}, wdv = {W.d, dt, E, cols, (size_t)cols};
+	struct eng_moe_route r = {E, K, group, group ? 4 : 1, group ? 2 : 1, group, 1.0f};
+	cpu_prenorm(&X, &T, &NW, &XN, n, cols);
+	/* the logits from xn as the tensor cores see it (rounded to bf16: the device rounds it the same
+	 * way up to the norm's last bit), so that the picks must match: they differ by the sum order */
+	float *xb = malloc((size_t)n * cols * 4);
+	memcpy(xb, XN.h, (size_t)n * cols * 4);
+	for (size_t i = 0; dt == ENG_DT_BF16 && i < (size_t)n * cols; i++) {
+		uint32_t b;
+		memcpy(&b, &xb[i], 4);
+		b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+		memcpy(&xb[i], &b, 4);
+	}
+	cpu->matmul(cpu, xb, cols, n, &wh, NULL, Lg.h, E);
+	cpu->moe_route(cpu, Lg.h, n, &r, I.h, Wt.h);
+	poison(&I), poison(&Wt);
+	struct eng_prenorm pn = {X.d, T.d, NW.d, 1e-6f, XN.d};
+	gpuf->moe_router(gpuf, &pn, n, &wdv, &r, Lg.d, I.d, Wt.d);
+	int32_t *got = malloc((size_t)n * K * 4);
+	gpu->to_host(gpu, got, I.d, (size_t)n * K * 4);
+	int same = !memcmp(got, I.h, (size_t)n * K * 4);
+	char w[80];
+	snprintf(w, sizeof(w), "%s E=%d K=%d n=%d %s", eng_dtype_name(dt), E, K, n, group ? "group-limited" : "greedy");
+	report("moe_router", w, same ? nmse_of(Wt.h, Wt.d, (size_t)n * K) : INFINITY, 1e-5, 0, 0);
+	report_prenorm("moe_router", w, &X, &XN, n, cols);
+	twin_free(&W), twin_free(&X), twin_free(&T), twin_free(&NW), twin_free(&XN), twin_free(&Lg), twin_free(&I),
+		twin_free(&Wt);
+	free(wf), free(wd), free(got), free(xb);
+}
+
+/* the shared experts (2 x 1408 wide, as the Lite's) on both sides for moe_ffn_shared */
+struct moe_shared {
+	struct twin w[3], g, u;
+	struct eng_w h[3], d[3];
+};
+
+static void moe_shared_new(struct moe_shared *m, int n, int dim, int Is)
+{
+	int rows[3] = {Is, Is, dim}, cols[3] = {dim, dim, Is};
+	for (int k = 0; k < 3; k++) {
+		size_t wn = (size_t)rows[k] * cols[k];
+		float *f = rand_f32(wn, 0.03f);
+		void *b = to_dtype(f, wn, ENG_DT_BF16);
+		m->w[k] = twin_new(b, wn * 2);
+		m->h[k] = (struct eng_w){m->w[k].h, ENG_DT_BF16, rows[k], cols[k], (size_t)cols[k]};
+		m->d[k] = (struct eng_w){m->w[k].d, ENG_DT_BF16, rows[k], cols[k], (size_t)cols[k]};
+		free(f), free(b);
+	}
+	m->g = twin_new(NULL, (size_t)n * Is * 4);
+	m->u = twin_new(NULL, (size_t)n * Is * 4);
+}
+
+static void moe_shared_free(struct moe_shared *m)
+{
+	for (int k = 0; k < 3; k++)
+		twin_free(&m->w[k]);
+	twin_free(&m->g), twin_free(&m->u);
+}
+
 struct moe_run {
 	struct twin *x, *idx, *wt, *out;
 	struct eng_w *g, *u, *d;
 	int n, dim, K, E;
+	struct moe_shared *sh; /* or NULL */
+	struct eng_backend *be;
 };
 
 static void moe_go(void *p)
 {
 	struct moe_run *r = p;
-	gpu->moe_ffn(gpu, r->x->d, r->n, r->dim, r->idx->d, r->wt->d, r->K, r->E, r->g, r->u, r->d, r->out->d, NULL);
+	if (r->sh)
+		gpuf->moe_ffn_shared(gpuf, r->x->d, r->n, r->dim, r->idx->d, r->wt->d, r->K, r->E, r->g, r->u, r->d,
+				    r->sh->d, r->sh->g.d, r->sh->u.d, r->out->d, NULL);
+	else
+		r->be->moe_ffn(r->be, r->x->d, r->n, r->dim, r->idx->d, r->wt->d, r->K, r->E, r->g, r->u, r->d, r->out->d,
+			       NULL);
 }
 
 /* skew: token i takes experts 0, 1 + i % 2, 3 + i % 4, ..., 31 + i % 32 (counts n, n/2, ... n/32:
  * too uneven for the padded prefill's four buckets, so the per-expert path runs) */
-static void check_moe(int n, int timed, int skew)
+/* shared: with the shared experts (moe_ffn_shared, fused only); fused: the KVGATE_CUDA_FUSE=1 backend */
+static void check_moe(int n, int timed, int skew, int shared, int fused)
 {
+	struct eng_backend *be = fused || shared ? gpuf : gpu;
 	int E = 64, K = 6, dim = 2048, I = 1408;
 	size_t per = (size_t)I * dim;
 	float *wf = rand_f32(per * 3 * E / 16, 0.03f); /* 16 distinct experts' data, reused */
@@ -750,22 +1018,35 @@ static void check_moe(int n, int timed, int skew)
 	/* the CPU reference on the first nc tokens only (tokens are independent; the GPU runs all n) */
 	int nc = n < 320 ? n : 320;
 	float *scr = cpu->alloc(cpu, eng_backend_moe_scratch(nc, dim, I) * 4);
+	struct moe_shared sh;
+	if (shared) { /* out = shared(x) + routed: the CPU's glu and down, then its moe_ffn adds */
+		moe_shared_new(&sh, n, dim, 2 * I);
+		eng_glu(cpu, X.h, dim, nc, &sh.h[0], &sh.h[1], sh.g.h, sh.u.h, 2 * I);
+		cpu->matmul(cpu, sh.g.h, 2 * I, nc, &sh.h[2], NULL, O.h, dim);
+		poison(&O);
+	}
 	cpu->moe_ffn(cpu, X.h, nc, dim, Ix.h, Wt.h, K, E, gh, uh, dh, O.h, scr);
-	gpu->moe_ffn(gpu, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, O.d, NULL);
+	if (shared)
+		gpuf->moe_ffn_shared(gpuf, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, sh.d, sh.g.d, sh.u.d, O.d, NULL);
+	else
+		be->moe_ffn(be, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, O.d, NULL);
 	double e = nmse_of(O.h, O.d, (size_t)nc * dim);
 	double us = 0;
 	if (timed) {
-		struct moe_run r = {&X, &Ix, &Wt, &O, gd, ud, dd, n, dim, K, E};
+		struct moe_run r = {&X, &Ix, &Wt, &O, gd, ud, dd, n, dim, K, E, shared ? &sh : NULL, be};
 		us = time_us(moe_go, &r, 20);
 	}
 	char w[80];
 	if (nc < n)
 		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d exp, %d chk)", n, nt, nc);
 	else
-		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d experts%s)", n, nt, skew ? ", skewed" : "");
+		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d experts%s%s%s)", n, nt, skew ? ", skewed" : "",
+			 shared ? ", + shared" : "", fused && !shared ? ", fused" : "");
 	/* fast mode rounds activations to bf16 at every expert matmul (tensor cores, decode and prefill) */
 	report("moe_ffn", w, e, 3e-5, us, (double)nt * per * 3 * 2);
 	cpu->release(cpu, scr);
+	if (shared)
+		moe_shared_free(&sh);
 	twin_free(&X), twin_free(&O), twin_free(&Ix), twin_free(&Wt), twin_free(&W);
 	free(gh), free(uh), free(dh), free(gd), free(ud), free(dd);
 	free(wf), free(wd), free(xf), free(of), free(idx), free(wt);
@@ -780,6 +1061,13 @@ int main(int argc, char **argv)
 	if (!gpu) {
 		fprintf(stderr, "no CUDA device: %s\n", err.msg);
 		return 77;
+	}
+	setenv("KVGATE_CUDA_FUSE", "1", 1);
+	gpuf = eng_cuda_new(0, &err);
+	unsetenv("KVGATE_CUDA_FUSE");
+	if (!gpuf) {
+		fprintf(stderr, "no second CUDA backend: %s\n", err.msg);
+		return 1;
 	}
 	char desc[256];
 	eng_cuda_describe(gpu, desc, sizeof(desc));
@@ -814,6 +1102,16 @@ int main(int argc, char **argv)
 	check_matmul2(2816, 2816, 2048, 8); /* shared experts' gate and up */
 	check_matmul2(1001, 40, 1024, 3);  /* rows not a multiple of 16 */
 	check_matmul2(300, 200, 512, 40);  /* prefill: two cuBLAS calls */
+	check_norm_matmul2(3072, 576, 2048, 1, 1); /* the norm, q and kv_a */
+	check_norm_matmul2(3072, 576, 2048, 8, 1);
+	check_norm_matmul2(3072, 576, 2048, 1, 0); /* the first layer: no add */
+	check_norm_matmul2(1001, 40, 1024, 3, 1);  /* rows not a multiple of 16 */
+	check_norm_matmul2(300, 200, 512, 12, 1);  /* more than 8 tokens: add_rmsnorm, then matmul2 */
+	check_glu(2816, 2048, 1, ENG_DT_BF16); /* shared experts' gate and up, fused */
+	check_glu(10944, 2048, 8, ENG_DT_BF16);
+	check_glu(1001, 1024, 3, ENG_DT_BF16);  /* rows not a multiple of 16 */
+	check_glu(300, 512, 40, ENG_DT_BF16);   /* prefill: matmul2, then silu_mul */
+	check_glu(100, 72, 2, ENG_DT_F32);
 	/* the MLA absorption's per-head matrices: uk (512, 128) and uv (128, 512), odd shapes too */
 	check_matmul_heads(16, 512, 128, 1, 192, ENG_DT_BF16, 1);
 	check_matmul_heads(16, 128, 512, 1, 512, ENG_DT_BF16, 1);
@@ -824,6 +1122,11 @@ int main(int argc, char **argv)
 	check_dense(quick);
 	check_route(64, 6, 0);
 	check_route(8, 3, 1);
+	check_router(64, 6, 1, 0, ENG_DT_BF16);
+	check_router(64, 6, 8, 0, ENG_DT_BF16);
+	check_router(40, 3, 5, 1, ENG_DT_BF16); /* rows not a multiple of 16, group-limited */
+	check_router(64, 6, 12, 0, ENG_DT_BF16); /* more than 8 tokens: matmul, then moe_route */
+	check_router(16, 2, 3, 0, ENG_DT_F32);
 	for (int f = ENG_KV_F32; f < ENG_KV_NFMT; f++)
 		check_gqa_gather((enum eng_kv_fmt)f);
 	/* MLA: one token, odd lengths, several sequences, both paths */
@@ -843,14 +1146,40 @@ int main(int argc, char **argv)
 		}
 		check_mla(ENG_KV_BF16, 1, l1, 1, 1);
 	}
-	check_moe(1, 1, 0);
-	check_moe(8, 1, 0);
-	check_moe(40, 1, 0);
-	check_moe(300, 1, 0); /* prefill: padded batched GEMMs */
-	check_moe(300, 0, 1); /* prefill: one cu_matmul an expert */
+	/* mla_prep: the Lite shape at 1, 3, 8 and 11 (two chunks) tokens in every format; odd shapes (a
+	 * partial 16-row tile); f32 weights and widths that are not 32-column chunks (the six ops) */
+	int32_t p1[1] = {4099}, p3[3] = {0, 17, 63}, p5[5] = {2, 3, 47, 48, 999};
+	int32_t p8[8] = {1, 15, 16, 31, 100, 257, 600, 1000}, p11[11] = {5, 9, 16, 17, 33, 64, 65, 127, 128, 300, 511};
+	for (int f = ENG_KV_F32; f < ENG_KV_NFMT; f++) {
+		check_mla_prep((enum eng_kv_fmt)f, 1, p1, 16, 128, 64, 512, ENG_DT_BF16, 0, 0);
+		check_mla_prep((enum eng_kv_fmt)f, 3, p3, 16, 128, 64, 512, ENG_DT_BF16, 1, 0);
+		check_mla_prep((enum eng_kv_fmt)f, 8, p8, 16, 128, 64, 512, ENG_DT_BF16, 0, 0);
+		check_mla_prep((enum eng_kv_fmt)f, 11, p11, 16, 128, 64, 512, ENG_DT_BF16, 0, 0);
+	}
+	check_mla_prep(ENG_KV_INT8, 5, p5, 3, 32, 16, 64, ENG_DT_BF16, 1, 0);
+	check_mla_prep(ENG_KV_FP8, 3, p3, 3, 32, 16, 72, ENG_DT_BF16, 0, 0);
+	check_mla_prep(ENG_KV_BF16, 3, p3, 16, 128, 64, 512, ENG_DT_F32, 1, 0);
+	check_mla_prep(ENG_KV_FP8, 5, p5, 3, 40, 16, 64, ENG_DT_BF16, 0, 0);
+	check_mla_prep(ENG_KV_BF16, 1, p1, 16, 128, 64, 512, ENG_DT_BF16, 0, 1); /* timed: batch 1, 8 */
+	check_mla_prep(ENG_KV_BF16, 8, p8, 16, 128, 64, 512, ENG_DT_BF16, 0, 1);
+	check_moe(1, 1, 0, 0, 0);
+	check_moe(2, 0, 0, 0, 0);
+	check_moe(8, 1, 0, 0, 0);
+	check_moe(40, 1, 0, 0, 0);
+	check_moe(300, 1, 0, 0, 0); /* prefill: padded batched GEMMs */
+	check_moe(300, 0, 1, 0, 0); /* prefill: one cu_matmul an expert */
+	check_moe(1, 1, 0, 0, 1);   /* fused: gate/up + silu, then down + the combine */
+	check_moe(2, 0, 0, 0, 1);
+	check_moe(8, 1, 0, 0, 1);
+	check_moe(32, 0, 0, 0, 1);
+	check_moe(1, 1, 0, 1, 1);   /* + the shared experts, in the same launches */
+	check_moe(5, 0, 0, 1, 1);
+	check_moe(8, 1, 0, 1, 1);
+	check_moe(40, 0, 0, 1, 1);  /* prefill: the shared experts apart */
 	if (!quick)
-		check_moe(2048, 1, 0); /* a 2048-token prefill at DeepSeek-Coder-V2-Lite's shape, timed */
+		check_moe(2048, 1, 0, 0, 0); /* a 2048-token prefill at DeepSeek-Coder-V2-Lite's shape, timed */
 	printf("%d of %d checks failed\n", fails, checks);
+	gpuf->free(gpuf);
 	gpu->free(gpu);
 	cpu->free(cpu);
 	return fails;

@@ -349,6 +349,7 @@ static void cu_free(struct eng_backend *be)
 	}
 	free(c->hd);
 	cudaFree(c->blas_ws);
+	cudaFree(c->tick);
 	for (int i = 0; i < CU_UP_N; i++) {
 		cudaFree(c->up[i].dev);
 		free(c->up[i].host);
@@ -400,6 +401,8 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	/* a fixed cuBLAS workspace: GEMMs recorded in a step must not allocate */
 	CU_CHECK(cudaMalloc(&c->blas_ws, 32u << 20));
 	CUBLAS_CHECK(cublasSetWorkspace(c->blas, c->blas_ws, 32u << 20));
+	CU_CHECK(cudaMalloc((void **)&c->tick, CU_TICKS * sizeof(int)));
+	CU_CHECK(cudaMemset(c->tick, 0, CU_TICKS * sizeof(int)));
 	CU_CHECK(cudaEventCreateWithFlags(&c->step.copied, cudaEventDisableTiming));
 	const char *ex = getenv("KVGATE_CUDA_EXACT");
 	c->exact = ex && *ex == '1';
@@ -409,6 +412,8 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	const char *pd = getenv("KVGATE_CUDA_PDL");
 	c->pdl = c->prop.major >= 9 && !(pd && *pd == '0') && cudaFuncGetAttributes(&fa, pdl_probe_kernel) == cudaSuccess &&
 		 fa.ptxVersion >= 90;
+	const char *fu = getenv("KVGATE_CUDA_FUSE");
+	c->fuse = fu && *fu == '1';
 	const char *gr = getenv("KVGATE_CUDA_GRAPHS");
 	c->step.disabled = gr && *gr == '0';
 
@@ -438,6 +443,17 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	be->matmul_heads = cu_matmul_heads;
 	be->matmul2 = cu_matmul2;
 	be->add_rmsnorm = cu_add_rmsnorm;
+	/* Version 4's fused decode ops (a layer's ~23 launches at batch 1 down to 9), off until they
+	 * are measured faster: run 24 had them slower (batch 1 3.20 vs 3.01 ms, batch 8 9.72 vs 6.82)
+	 * before the fix of their norm prologue's serial loads, which no GPU has run yet
+	 * (bench/NOTES-cuda.md, version 4). test_cuda_ops checks them against the CPU. */
+	if (c->fuse) {
+		be->glu = cu_glu;
+		be->moe_router = cu_moe_router;
+		be->moe_ffn_shared = cu_moe_ffn_shared;
+		be->norm_matmul2 = cu_norm_matmul2;
+		be->mla_prep = cu_mla_prep;
+	}
 	be->step_begin = cu_step_begin;
 	be->step_end = cu_step_end;
 	be->step_forget = cu_step_forget;

@@ -78,6 +78,7 @@ struct cu_graph {
 };
 
 #define CU_MAX_GRAPHS 96
+#define CU_TICKS 4096
 
 /* The step in progress (backend.h step_begin/step_end). Its ids, positions, sequence indices and
  * block tables live at fixed addresses: [ids (n) | pos (n) | seq_idx (n) | table (n_seqs * maxb)],
@@ -104,6 +105,8 @@ struct cu {
 	cublasHandle_t blas;
 	int exact;
 	int pdl;                /* programmatic dependent launch (sm_90+; KVGATE_CUDA_PDL=0 turns it off) */
+	int fuse;               /* KVGATE_CUDA_FUSE=1: the fused decode ops (glu, moe_router, norm_matmul2,
+				 * moe_ffn_shared, mla_prep, the two-launch MoE decode); see backend.cu */
 	struct cu_upload up[CU_UP_N];
 	void *scratch[CU_SCR_N]; /* workspaces, grown on demand (see cu_scratch) */
 	size_t scratch_bytes[CU_SCR_N];
@@ -114,6 +117,8 @@ struct cu {
 	struct cu_heads *hd;
 	int n_hd;
 	void *blas_ws;          /* cuBLAS workspace, set once: no allocation inside a recorded step */
+	int *tick;              /* CU_TICKS arrival counters, zero between kernels: a kernel uses them after
+				 * its wait, so all share them (see cu_arrive) */
 	unsigned gen;           /* bumped whenever a buffer a recording may hold is freed */
 	struct cu_step step;
 };
@@ -139,6 +144,9 @@ const int32_t *cu_batch(struct cu *c, const struct eng_batch *b, int *maxb);
  * and the prefill paths use it too. */
 void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w *w, const float *bias, float *y,
 	       int ldy);
+/* The device table of nh heads' weight pointers that matmul_heads reads (matmul.cu): made on first
+ * use (never inside a recording) and kept. */
+const void *const *cu_heads_table(struct cu *c, const struct eng_w *w, int nh);
 
 /* ---- ops (one per file) ---- */
 void cu_embed(struct eng_backend *be, const struct eng_w *tab, const int32_t *ids, int n, float *out);
@@ -153,6 +161,17 @@ void cu_add_rmsnorm(struct eng_backend *be, float *x, const float *t, float *y, 
 void cu_rope(struct eng_backend *be, float *x, int n, int n_heads, int ld_tok, int ld_head, const int32_t *pos,
 	     const struct eng_rope *r);
 void cu_silu_mul(struct eng_backend *be, float *g, int ldg, const float *u, int ldu, int n, int dim);
+/* whether x (nt <= 8 tokens) . W^T takes the tensor-core GEMV (gemv.cuh's gemv_mma_tile) */
+int cu_gemv_mma_ok(struct cu *c, const struct eng_w *w, const float *x, int ldx, int nt);
+void cu_glu(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1, const struct eng_w *w2,
+	    float *g, float *u, int ld);
+void cu_moe_router(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w,
+		   const struct eng_moe_route *r, float *logits, int32_t *idx, float *wt);
+void cu_norm_matmul2(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w1, float *y1,
+		     int ldy1, const struct eng_w *w2, float *y2, int ldy2);
+/* whether a prenorm GEMV (gemv.cuh) takes nt tokens of W's width; else cu_prenorm, then the op */
+int cu_pn_ok(struct cu *c, const struct eng_w *w, const struct eng_prenorm *pn, int nt);
+void cu_prenorm(struct eng_backend *be, const struct eng_prenorm *pn, int n, int dim);
 void cu_add(struct eng_backend *be, float *y, const float *x, size_t n);
 void cu_kv_write(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, const float *rows,
 		 int ld);
@@ -164,6 +183,9 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 		 const float *q_lat, const float *q_pe, int n_heads, int R, int dr, float scale, float *out);
 void cu_attn_dense(struct eng_backend *be, const float *q, const int32_t *pos, int n, const float *k, const float *v,
 		   int ctx, int n_heads, int dq, int dv, float scale, float *out);
+void cu_moe_ffn_shared(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
+		       int K, int E, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down,
+		       const struct eng_w *sh, float *g, float *u, float *out, float *scratch);
 void cu_moe_route(struct eng_backend *be, const float *logits, int n, const struct eng_moe_route *r, int32_t *idx,
 		  float *wt);
 void cu_matmul_heads(struct eng_backend *be, const float *x, int ldx, int hx, int n, int nh, const struct eng_w *w,
@@ -171,6 +193,9 @@ void cu_matmul_heads(struct eng_backend *be, const float *x, int ldx, int hx, in
 void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
 		int top_k, int n_experts, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down,
 		float *out, float *scratch);
+void cu_mla_prep(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, float *q, int nh,
+		 int dn, int dr, float *kva, int R, const float *kv_norm, float eps, const struct eng_rope *rope,
+		 const struct eng_w *uk, float *q_lat, float *q_pe_out);
 
 /* SIMT attention over the paged cache, fp32 (attn_gqa.cu): GQA, and MLA where the tensor-core
  * kernel does not apply (F32 cache, exact mode, shapes it does not take). */
@@ -276,6 +301,35 @@ __device__ __forceinline__ float cu_block_sum(float v, float *part)
 	}
 	__syncthreads();
 	return part[0];
+}
+
+/* y (dim) = x / rms(x) * w by the whole block, as the CPU computes it up to the sum's order (y may
+ * equal x; part: cu_block_sum's). */
+__device__ __forceinline__ void cu_rmsnorm_row(float *y, const float *x, int dim, const float *w, float eps,
+					       float *part)
+{
+	float ss = 0;
+	for (int d = threadIdx.x; d < dim; d += blockDim.x)
+		ss += x[d] * x[d];
+	float inv = 1.0f / sqrtf(cu_block_sum(ss, part) / (float)dim + eps);
+	for (int d = threadIdx.x; d < dim; d += blockDim.x)
+		y[d] = w[d] * (x[d] * inv);
+}
+
+/* Rotates pair f (< r.dim / 2) of the head at v in place for position pos: cos and sin of
+ * pos * inv_freq[f] in fp32, times mscale, as the CPU; pairs (2f, 2f + 1) or halves (f, f + dim / 2).
+ * copy (NULL: none) gets the rotated pair at the same offsets. */
+__device__ __forceinline__ void cu_rope_pair(float *v, float *copy, int f, int pos, const struct eng_rope &r)
+{
+	float a = (float)pos * r.inv_freq[f], sn, cs;
+	sincosf(a, &sn, &cs);
+	cs *= r.mscale;
+	sn *= r.mscale;
+	int i0 = r.interleaved ? 2 * f : f, i1 = r.interleaved ? 2 * f + 1 : f + r.dim / 2;
+	float a0 = v[i0], b0 = v[i1], y0 = a0 * cs - b0 * sn, y1 = b0 * cs + a0 * sn;
+	v[i0] = y0, v[i1] = y1;
+	if (copy)
+		copy[i0] = y0, copy[i1] = y1;
 }
 
 /* ---- tensor-core and async-copy instructions (sm_80+; every CUDA arch built is) ---- */
@@ -395,6 +449,81 @@ __device__ __forceinline__ const uint8_t *cu_kv_lb(const uint8_t *pool, size_t l
 	return pool + ((size_t)tab[p / ENG_KV_BLOCK_TOKENS] * (size_t)n_layers + (size_t)layer) * lbb;
 }
 
+/* Where kv_write stores one layer's rows: the pool, the format, the parts (scale groups). */
+struct cu_kvdst {
+	uint8_t *pool;
+	size_t lbb; /* layer-block bytes */
+	int n_layers, layer;
+	cu_kvfmt f;
+	int off[ENG_KV_MAX_PARTS + 1]; /* part p is [off[p], off[p + 1]) */
+};
+
+static inline cu_kvdst cu_kvdst_of(const struct eng_kv *kv, int layer)
+{
+	cu_kvdst d;
+	d.pool = kv->pool, d.lbb = kv->layer_block_bytes, d.n_layers = kv->shape.n_layers, d.layer = layer;
+	d.f = cu_kvfmt_of(kv);
+	memcpy(d.off, kv->shape.part_off, sizeof(int) * (size_t)(kv->shape.n_parts + 1));
+	return d;
+}
+
+/* Batch token i's row (f.E values) to its position (bp: cu_batch's array of n tokens and table rows of
+ * maxb), encoded with the host codec's arithmetic (kv_layout.h's conversions, the same scale rule: per
+ * token per part, amax / 448 for fp8, amax / 127 for int8), so CPU and CUDA caches hold the same bytes
+ * for the same rows. By the whole block; with scales, a warp a part. */
+__device__ __forceinline__ void cu_kv_store(const cu_kvdst &d, const int32_t *bp, int n, int maxb, int i,
+					    const float *row)
+{
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	int pos = bp[i], seq = bp[n + i];
+	const int32_t *tab = bp + 2 * n + (size_t)seq * maxb;
+	uint8_t *lb = (uint8_t *)cu_kv_lb(d.pool, d.lbb, d.n_layers, d.layer, tab, pos);
+	int slot = pos % ENG_KV_BLOCK_TOKENS;
+	const cu_kvfmt &f = d.f;
+	switch (f.fmt) {
+	case ENG_KV_F32:
+		for (int e = threadIdx.x; e < f.E; e += blockDim.x)
+			((float *)lb)[(size_t)slot * f.E + e] = row[e];
+		return;
+	case ENG_KV_BF16:
+		for (int e = threadIdx.x; e < f.E; e += blockDim.x)
+			((uint16_t *)lb)[(size_t)slot * f.E + e] = eng_f32_to_bf16(row[e]);
+		return;
+	case ENG_KV_FP8_TENSOR: {
+		float inv = 1.0f / f.tscale;
+		for (int e = threadIdx.x; e < f.E; e += blockDim.x)
+			lb[(size_t)slot * f.E + e] = eng_f32_to_fp8(row[e] * inv);
+		return;
+	}
+	default:
+		break;
+	}
+	uint8_t *q8 = lb + (size_t)slot * f.E;
+	float *sc = (float *)(lb + f.scales_off) + (size_t)slot * f.P;
+	float qmax = f.fmt == ENG_KV_FP8 ? ENG_FP8_MAX : ENG_INT8_MAX;
+	for (int p = warp; p < f.P; p += nw) {
+		int e0 = d.off[p], e1 = d.off[p + 1];
+		float amax = 0;
+		for (int e = e0 + lane; e < e1; e += 32)
+			amax = fmaxf(amax, fabsf(row[e]));
+		amax = cu_warp_max(amax);
+		float s = amax > 0 ? amax / qmax : 1.0f;
+		float inv = 1.0f / s;
+		if (lane == 0)
+			sc[p] = s;
+		if (f.fmt == ENG_KV_FP8) {
+			for (int e = e0 + lane; e < e1; e += 32)
+				q8[e] = eng_f32_to_fp8(row[e] * inv);
+		} else {
+			for (int e = e0 + lane; e < e1; e += 32) {
+				float q = rintf(row[e] * inv);
+				q = q > 127 ? 127 : q < -127 ? -127 : q;
+				q8[e] = (uint8_t)(int8_t)q;
+			}
+		}
+	}
+}
+
 #endif /* __CUDACC__ */
 
 static inline int cu_div_up(long a, long b)
@@ -408,7 +537,9 @@ static inline int cu_div_up(long a, long b)
  * its prologue overlap the previous kernel's tail. The rule that keeps it correct: such a kernel
  * calls cu_pdl_wait() before it reads anything an earlier kernel wrote and before it writes
  * anything (the wait returns when the previous kernel has finished and its writes are visible);
- * before the wait it may only read what no kernel of the step writes: the weights. A kernel that
+ * before the wait it may only read what no kernel of the step writes (the weights), or what a
+ * kernel at least two launches back wrote: the kernel in between triggered its own dependents only
+ * after its wait returned (cu_pdl_wait), so that one had finished. A kernel that
  * was launched without the attribute passes the wait at once. Kernels launched with <<<>>> and
  * cuBLAS's start after the previous kernel ends, as always. */
 #ifdef __CUDACC__
@@ -424,6 +555,25 @@ __device__ __forceinline__ void cu_pdl_wait()
 __device__ __forceinline__ void cu_prefetch_l2(const void *p)
 {
 	asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+/* Last-block-done: a block calls this (every thread) after writing its part of a result; it
+ * returns 1 in the block that arrives last of `expect` on counter *tick, which may then read the
+ * other blocks' parts (with __ldcg: not through L1) and leaves the counter at 0 for the next use. */
+__device__ __forceinline__ int cu_arrive(int *tick, int expect)
+{
+	__shared__ int last;
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		last = atomicAdd(tick, 1) == expect - 1;
+		if (last)
+			*tick = 0;
+	}
+	__syncthreads();
+	if (last)
+		__threadfence();
+	return last;
 }
 
 template <typename... K, typename... A>

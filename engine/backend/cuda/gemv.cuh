@@ -88,56 +88,191 @@ __device__ __forceinline__ void gemv_warp(const T *w, size_t ld, int row0, int r
 #define MMA_WARPS 8
 #define MMA_U 4
 
-/* Rows row0 .. row0 + 15 of w times 8 tokens, one block of MMA_WARPS warps; lane (g, t4)'s xg is
- * its token g's activations (the caller clamps g to its last token). Warp 0 returns 1 with
- * v[j] = row (row0 + g + 8 * (j >= 2)) . token (2 * t4 + (j & 1)); the other warps return 0. */
-__device__ __forceinline__ int gemv_mma_rows(const uint16_t *w, size_t ld, int row0, int rows, int cols,
-					     const float *xg, float (*red)[32][4], float *v)
+/* Rows row0 .. row0 + 15 of NM matrices of one shape (w[m], row stride ld) times 8 tokens, one
+ * block of MMA_WARPS warps, U chunks of each in flight a lane; lane (g, t4)'s xg is its token g's
+ * activations (the caller clamps g to its last token). Warp 0 returns 1 with v[m][j] = row
+ * (row0 + g + 8 * (j >= 2)) of w[m] . token (2 * t4 + (j & 1)); the other warps return 0.
+ * NM = 2 is gate and up of one expert: both read with one load of the activations. */
+template <int NM, int U, bool XB = false>
+__device__ __forceinline__ int gemv_mma_tile(const uint16_t *const (&w)[NM], size_t ld, int row0, int rows, int cols,
+					     const void *xg, float (*red)[32][4 * NM], float (&v)[NM][4])
 {
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-	const uint16_t *wa = w + (size_t)min(row0 + g, rows - 1) * ld + 8 * t4;
-	const uint16_t *wb = w + (size_t)min(row0 + g + 8, rows - 1) * ld + 8 * t4;
-	const float *xr = xg + 8 * t4;
-	float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+	size_t oa = (size_t)min(row0 + g, rows - 1) * ld + 8 * t4, ob = (size_t)min(row0 + g + 8, rows - 1) * ld + 8 * t4;
+	const float *xr = (const float *)xg + 8 * t4;    /* fp32 activations (global) */
+	const uint16_t *xb = (const uint16_t *)xg + 8 * t4; /* XB: bf16 ones (gemv_prenorm's, shared) */
+	float c[NM][4] = {};
 	int nch = cols / 32;
-	for (int c0 = warp; c0 < nch; c0 += MMA_WARPS * MMA_U) {
-		uint4 A[MMA_U], B[MMA_U];
-		float4 X0[MMA_U], X1[MMA_U];
+	for (int c0 = warp; c0 < nch; c0 += MMA_WARPS * U) {
+		uint4 A[NM][U], B[NM][U];
+		float4 X0[U], X1[U];
 #pragma unroll
-		for (int u = 0; u < MMA_U; u++) {
+		for (int u = 0; u < U; u++) {
 			int ch = c0 + u * MMA_WARPS;
 			if (ch < nch) {
-				A[u] = __ldg((const uint4 *)(wa + (size_t)ch * 32));
-				B[u] = __ldg((const uint4 *)(wb + (size_t)ch * 32));
-				X0[u] = __ldg((const float4 *)(xr + (size_t)ch * 32));
-				X1[u] = __ldg((const float4 *)(xr + (size_t)ch * 32 + 4));
+#pragma unroll
+				for (int m = 0; m < NM; m++) {
+					A[m][u] = __ldg((const uint4 *)(w[m] + oa + (size_t)ch * 32));
+					B[m][u] = __ldg((const uint4 *)(w[m] + ob + (size_t)ch * 32));
+				}
+				if constexpr (XB) {
+					uint4 xv = *(const uint4 *)(xb + (size_t)ch * 32);
+					X0[u] = make_float4(__uint_as_float(xv.x), __uint_as_float(xv.y), __uint_as_float(xv.z),
+							    __uint_as_float(xv.w));
+				} else {
+					X0[u] = __ldg((const float4 *)(xr + (size_t)ch * 32));
+					X1[u] = __ldg((const float4 *)(xr + (size_t)ch * 32 + 4));
+				}
 			}
 		}
 #pragma unroll
-		for (int u = 0; u < MMA_U; u++) {
+		for (int u = 0; u < U; u++) {
 			if (c0 + u * MMA_WARPS < nch) {
-				cu_mma_bf16(c, A[u].x, B[u].x, A[u].y, B[u].y, cu_pack_bf16(X0[u].x, X0[u].y),
-					    cu_pack_bf16(X0[u].z, X0[u].w));
-				cu_mma_bf16(c, A[u].z, B[u].z, A[u].w, B[u].w, cu_pack_bf16(X1[u].x, X1[u].y),
-					    cu_pack_bf16(X1[u].z, X1[u].w));
+				uint32_t x0, x1, x2, x3;
+				if constexpr (XB) { /* already packed: 8 bf16, two a register */
+					x0 = __float_as_uint(X0[u].x), x1 = __float_as_uint(X0[u].y);
+					x2 = __float_as_uint(X0[u].z), x3 = __float_as_uint(X0[u].w);
+				} else {
+					x0 = cu_pack_bf16(X0[u].x, X0[u].y), x1 = cu_pack_bf16(X0[u].z, X0[u].w);
+					x2 = cu_pack_bf16(X1[u].x, X1[u].y), x3 = cu_pack_bf16(X1[u].z, X1[u].w);
+				}
+#pragma unroll
+				for (int m = 0; m < NM; m++) {
+					cu_mma_bf16(c[m], A[m][u].x, B[m][u].x, A[m][u].y, B[m][u].y, x0, x1);
+					cu_mma_bf16(c[m], A[m][u].z, B[m][u].z, A[m][u].w, B[m][u].w, x2, x3);
+				}
 			}
 		}
 	}
 #pragma unroll
-	for (int j = 0; j < 4; j++)
-		red[warp][lane][j] = c[j];
+	for (int m = 0; m < NM; m++)
+#pragma unroll
+		for (int j = 0; j < 4; j++)
+			red[warp][lane][4 * m + j] = c[m][j];
 	__syncthreads();
 	if (warp)
 		return 0;
 #pragma unroll
-	for (int j = 0; j < 4; j++) {
-		float s = 0.0f;
+	for (int m = 0; m < NM; m++)
 #pragma unroll
-		for (int k = 0; k < MMA_WARPS; k++)
-			s += red[k][lane][j];
-		v[j] = s;
-	}
+		for (int j = 0; j < 4; j++) {
+			float s = 0.0f;
+#pragma unroll
+			for (int k = 0; k < MMA_WARPS; k++)
+				s += red[k][lane][4 * m + j];
+			v[m][j] = s;
+		}
 	return 1;
+}
+
+/* One matrix: v[j] as gemv_mma_tile's v[0][j]. */
+__device__ __forceinline__ int gemv_mma_rows(const uint16_t *w, size_t ld, int row0, int rows, int cols,
+					     const float *xg, float (*red)[32][4], float *v)
+{
+	const uint16_t *ws[1] = {w};
+	float vv[1][4];
+	int lead = gemv_mma_tile<1, MMA_U>(ws, ld, row0, rows, cols, xg, red, vv);
+#pragma unroll
+	for (int j = 0; j < 4; j++)
+		v[j] = vv[0][j];
+	return lead;
+}
+
+/* ---- the residual add and norm before a GEMV, in its blocks (norm_matmul2, moe_router) ----
+ * Every block makes its own bf16 copy of xn = (x + t) / rms * w for its nt tokens in shared memory
+ * (row stride dim + 8: no bank conflicts between tokens), the activations of gemv_mma_tile<.., true>
+ * (the same bf16 rounding the fp32 path's packing gives); the block that finishes last
+ * (cu_arrive: every other block has read x by then) stores x + t and xn in fp32. */
+#define PN_MAXT 8
+__device__ __forceinline__ int gemv_pn_ld(int dim)
+{
+	return dim + 8;
+}
+
+static inline size_t gemv_pn_smem(int nt, int dim)
+{
+	return (size_t)nt * (size_t)(dim + 8) * 2;
+}
+
+/* Values of token i a thread holds: float4 k of the thread is x[4 * (threadIdx.x + k * blockDim.x)];
+ * dim % 4 == 0 and dim <= 4 * PN_V * blockDim.x (cu_pn_ok). All of them are loaded before the
+ * first is used: one round trip to L2 a token, not one per value (run 24: the scalar loop made a
+ * 256 KB router GEMV take 20 us). */
+#define PN_V 4
+__device__ __forceinline__ void gemv_pn_load(const struct eng_prenorm &pn, int i, int dim, float4 (&v)[PN_V])
+{
+	const float4 *x = (const float4 *)(pn.x + (size_t)i * dim), *t = (const float4 *)(pn.t + (size_t)i * dim);
+	float4 tv[PN_V];
+#pragma unroll
+	for (int k = 0; k < PN_V; k++) {
+		int j = threadIdx.x + k * blockDim.x;
+		if (j < dim / 4) {
+			v[k] = x[j];
+			tv[k] = pn.t ? t[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		}
+	}
+#pragma unroll
+	for (int k = 0; k < PN_V; k++)
+		if (threadIdx.x + k * blockDim.x < dim / 4)
+			v[k].x += tv[k].x, v[k].y += tv[k].y, v[k].z += tv[k].z, v[k].w += tv[k].w;
+}
+
+/* xs (nt, dim + 8) bf16 = xn; inv[i]: token i's 1 / rms (for gemv_pn_store) */
+__device__ __forceinline__ void gemv_prenorm(const struct eng_prenorm &pn, int dim, int nt, uint16_t *xs, float *part,
+					     float *inv)
+{
+	for (int i = 0; i < nt; i++) {
+		float4 v[PN_V];
+		gemv_pn_load(pn, i, dim, v);
+		float ss = 0.0f;
+#pragma unroll
+		for (int k = 0; k < PN_V; k++)
+			if (threadIdx.x + k * blockDim.x < dim / 4)
+				ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+		float r = 1.0f / sqrtf(cu_block_sum(ss, part) / (float)dim + pn.eps);
+		const float4 *w4 = (const float4 *)pn.w;
+#pragma unroll
+		for (int k = 0; k < PN_V; k++) {
+			int j = threadIdx.x + k * blockDim.x;
+			if (j < dim / 4) {
+				float4 g = w4[j];
+				uint2 o = make_uint2(cu_pack_bf16(g.x * (v[k].x * r), g.y * (v[k].y * r)),
+						     cu_pack_bf16(g.z * (v[k].z * r), g.w * (v[k].w * r)));
+				*(uint2 *)(xs + (size_t)i * gemv_pn_ld(dim) + 4 * j) = o;
+			}
+		}
+		if (threadIdx.x == 0)
+			inv[i] = r;
+		__syncthreads(); /* part is reused by the next token */
+	}
+}
+
+/* the last block: x += t and xn in fp32, for the ops after this one */
+__device__ __forceinline__ void gemv_pn_store(const struct eng_prenorm &pn, int dim, int nt, const float *inv)
+{
+	const float4 *w4 = (const float4 *)pn.w;
+	for (int i = 0; i < nt; i++) {
+		float4 v[PN_V];
+		gemv_pn_load(pn, i, dim, v);
+		float r = inv[i];
+#pragma unroll
+		for (int k = 0; k < PN_V; k++) {
+			int j = threadIdx.x + k * blockDim.x;
+			if (j < dim / 4) {
+				float4 g = w4[j];
+				if (pn.t)
+					((float4 *)(pn.x + (size_t)i * dim))[j] = v[k];
+				((float4 *)(pn.xn + (size_t)i * dim))[j] =
+					make_float4(g.x * (v[k].x * r), g.y * (v[k].y * r), g.z * (v[k].z * r), g.w * (v[k].w * r));
+			}
+		}
+	}
+}
+
+/* The SwiGLU activation, as silu_mul and the MoE's act pass compute it. */
+__device__ __forceinline__ float gemv_silu_mul(float g, float u)
+{
+	return g / (1.0f + expf(-g)) * u;
 }
 
 #endif

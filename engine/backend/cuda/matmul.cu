@@ -143,7 +143,7 @@ static void gemv_mma_launch(struct cu *c, const struct eng_w *w1, const float *b
  * flight); KVGATE_CUDA_GEMV_MMA=0 turns it off, =2 keeps one token on the fp32 kernel. */
 static int gemv_mma_min = -1;
 
-static int gemv_mma_ok(struct cu *c, const struct eng_w *w, const float *x, int ldx, int nt)
+int cu_gemv_mma_ok(struct cu *c, const struct eng_w *w, const float *x, int ldx, int nt)
 {
 	if (gemv_mma_min < 0) {
 		const char *e = getenv("KVGATE_CUDA_GEMV_MMA");
@@ -245,7 +245,7 @@ void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w 
 		const float *xt = x + (size_t)t0 * ldx;
 		float *yt = y + (size_t)t0 * ldy;
 		int nt = SH_MIN(8, n - t0);
-		if (gemv_mma_ok(c, w, xt, ldx, nt)) {
+		if (cu_gemv_mma_ok(c, w, xt, ldx, nt)) {
 			gemv_mma_launch(c, w, bias, yt, ldy, NULL, NULL, 0, xt, ldx, nt);
 		} else {
 			gemv(c, w, xt, ldx, nt, bias, yt, ldy);
@@ -263,7 +263,8 @@ void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const st
 		const struct eng_w *w2, float *y2, int ldy2)
 {
 	struct cu *c = CU(be);
-	if (n > 0 && n <= 8 && w1->cols == w2->cols && gemv_mma_ok(c, w1, x, ldx, n) && gemv_mma_ok(c, w2, x, ldx, n)) {
+	if (n > 0 && n <= 8 && w1->cols == w2->cols && cu_gemv_mma_ok(c, w1, x, ldx, n) &&
+	    cu_gemv_mma_ok(c, w2, x, ldx, n)) {
 		gemv_mma_launch(c, w1, NULL, y1, ldy1, w2, y2, ldy2, x, ldx, n);
 		return;
 	}
@@ -275,6 +276,119 @@ void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const st
 	}
 	cu_matmul(c, x, ldx, n, w1, NULL, y1, ldy1);
 	cu_matmul(c, x, ldx, n, w2, NULL, y2, ldy2);
+}
+
+/* ---- norm_matmul2: the residual add and the norm in the GEMV's blocks (gemv.cuh) ---- */
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+gemv_pn_kernel(mma2 a, int cols, struct eng_prenorm pn, int nt, int *tick)
+{
+	extern __shared__ __align__(16) uint8_t pn_smem[];
+	__shared__ float red[MMA_WARPS][32][4];
+	__shared__ float part[32], inv[PN_MAXT];
+	uint16_t *xs = (uint16_t *)pn_smem;
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+	int tiles1 = (a.rows[0] + 15) / 16, m = (int)blockIdx.x >= tiles1;
+	int row0 = ((int)blockIdx.x - m * tiles1) * 16, rows = a.rows[m];
+	const uint16_t *w[1] = {a.w[m]};
+	gemv_prefetch<uint16_t, 2>(w[0], a.ld[m], row0 + 2 * warp, rows, cols);
+	cu_pdl_wait();
+	gemv_prenorm(pn, cols, nt, xs, part, inv);
+	float v[1][4];
+	if (gemv_mma_tile<1, MMA_U, true>(w, a.ld[m], row0, rows, cols, xs + (size_t)min(g, nt - 1) * gemv_pn_ld(cols), red,
+					  v)) {
+		float *y = a.y[m];
+#pragma unroll
+		for (int j = 0; j < 4; j++) {
+			int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+			if (row < rows && tok < nt)
+				y[(size_t)tok * a.ldy[m] + row] = v[0][j];
+		}
+	}
+	if (cu_arrive(tick, gridDim.x))
+		gemv_pn_store(pn, cols, nt, inv);
+}
+
+/* Whether a prenorm GEMV takes nt tokens of width cols (its bf16 copy fits in a block's 48 KB). */
+static int pn_maxt = -1; /* KVGATE_CUDA_PN=k: fuse the norm up to k tokens (0: never; default 8) */
+
+int cu_pn_ok(struct cu *c, const struct eng_w *w, const struct eng_prenorm *pn, int nt)
+{
+	if (pn_maxt < 0) {
+		const char *e = getenv("KVGATE_CUDA_PN");
+		pn_maxt = e && *e ? SH_MIN(atoi(e), PN_MAXT) : PN_MAXT;
+	}
+	uintptr_t al = (uintptr_t)pn->x | (uintptr_t)pn->xn | (uintptr_t)pn->w | (uintptr_t)(pn->t ? pn->t : pn->x);
+	return nt >= 1 && nt <= pn_maxt && w->cols % 32 == 0 && w->cols <= 4 * PN_V * MMA_WARPS * 32 &&
+	       gemv_pn_smem(nt, w->cols) <= 40 * 1024 && al % 16 == 0 && cu_gemv_mma_ok(c, w, pn->x, w->cols, nt);
+}
+
+/* add_rmsnorm (or rmsnorm) into pn->xn, as the unfused forward does */
+void cu_prenorm(struct eng_backend *be, const struct eng_prenorm *pn, int n, int dim)
+{
+	if (pn->t)
+		cu_add_rmsnorm(be, pn->x, pn->t, pn->xn, n, dim, pn->w, pn->eps);
+	else
+		cu_rmsnorm(be, pn->xn, dim, pn->x, dim, n, dim, pn->w, pn->eps);
+}
+
+void cu_norm_matmul2(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w1, float *y1,
+		     int ldy1, const struct eng_w *w2, float *y2, int ldy2)
+{
+	struct cu *c = CU(be);
+	int cols = w1->cols;
+	if (n > 0 && w1->cols == w2->cols && cu_pn_ok(c, w1, pn, n) && cu_pn_ok(c, w2, pn, n)) {
+		mma2 a = {{(const uint16_t *)w1->data, (const uint16_t *)w2->data},
+			  {w1->ld, w2->ld},
+			  {w1->rows, w2->rows},
+			  {ldy1, ldy2},
+			  {y1, y2},
+			  NULL};
+		int blocks = cu_div_up(w1->rows, 16) + cu_div_up(w2->rows, 16);
+		cu_launch(c, gemv_pn_kernel, blocks, MMA_WARPS * 32, gemv_pn_smem(n, cols), a, cols, *pn, n, c->tick);
+		return;
+	}
+	cu_prenorm(be, pn, n, cols);
+	cu_matmul2(be, pn->xn, cols, n, w1, y1, ldy1, w2, y2, ldy2);
+}
+
+/* ---- glu: g = silu(x . W1^T) * (x . W2^T) ---- */
+
+/* 16 rows of both matrices a block (gemv_mma_tile), up to 8 tokens, silu * up in the epilogue */
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+gemv_glu_kernel(const uint16_t *w1, const uint16_t *w2, size_t ld, int rows, int cols, const float *x, int ldx, int nt,
+		float *g, int ldg)
+{
+	__shared__ float red[MMA_WARPS][32][8];
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gr = lane >> 2, t4 = lane & 3, row0 = blockIdx.x * 16;
+	gemv_prefetch<uint16_t, 2>(w1, ld, row0 + 2 * warp, rows, cols);
+	gemv_prefetch<uint16_t, 2>(w2, ld, row0 + 2 * warp, rows, cols);
+	cu_pdl_wait();
+	const uint16_t *w[2] = {w1, w2};
+	float v[2][4];
+	if (!gemv_mma_tile<2, MMA_U / 2>(w, ld, row0, rows, cols, x + (size_t)min(gr, nt - 1) * ldx, red, v))
+		return;
+#pragma unroll
+	for (int j = 0; j < 4; j++) {
+		int row = row0 + gr + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+		if (row < rows && tok < nt)
+			g[(size_t)tok * ldg + row] = gemv_silu_mul(v[0][j], v[1][j]);
+	}
+}
+
+void cu_glu(struct eng_backend *be, const float *x, int ldx, int n, const struct eng_w *w1, const struct eng_w *w2,
+	    float *g, float *u, int ld)
+{
+	struct cu *c = CU(be);
+	if (n <= 0 || w1->rows <= 0)
+		return;
+	if (n <= 8 && w1->rows == w2->rows && w1->cols == w2->cols && w1->ld == w2->ld &&
+	    cu_gemv_mma_ok(c, w1, x, ldx, n) && cu_gemv_mma_ok(c, w2, x, ldx, n)) {
+		cu_launch(c, gemv_glu_kernel, cu_div_up(w1->rows, 16), MMA_WARPS * 32, 0, (const uint16_t *)w1->data,
+			  (const uint16_t *)w2->data, w1->ld, w1->rows, w1->cols, x, ldx, n, g, ld);
+		return;
+	}
+	cu_matmul2(be, x, ldx, n, w1, g, ld, w2, u, ld);
+	cu_silu_mul(be, g, ld, u, ld, n, w1->rows);
 }
 
 /* ---- matmul_heads: nh matmuls of one shape, one launch per 8 tokens ---- */
@@ -356,7 +470,7 @@ static void heads_nt(struct cu *c, const void *const *tab, const struct eng_w *w
 }
 
 /* The device table of the heads' weight pointers, made once per (host array, pointers). */
-static const void *const *heads_table(struct cu *c, const struct eng_w *w, int nh)
+const void *const *cu_heads_table(struct cu *c, const struct eng_w *w, int nh)
 {
 	for (int i = 0; i < c->n_hd; i++) {
 		struct cu_heads *t = &c->hd[i];
@@ -395,12 +509,12 @@ void cu_matmul_heads(struct eng_backend *be, const float *x, int ldx, int hx, in
 			cu_matmul(c, x + (size_t)h * hx, ldx, n, &w[h], NULL, y + (size_t)h * hy, ldy);
 		return;
 	}
-	const void *const *tab = heads_table(c, w, nh);
+	const void *const *tab = cu_heads_table(c, w, nh);
 	for (int t0 = 0; t0 < n; t0 += 8) {
 		const float *xt = x + (size_t)t0 * ldx;
 		float *yt = y + (size_t)t0 * ldy;
 		int nt = SH_MIN(8, n - t0);
-		if (aligned && gemv_mma_ok(c, &w[0], xt, ldx, nt)) {
+		if (aligned && cu_gemv_mma_ok(c, &w[0], xt, ldx, nt)) {
 			cu_launch(c, gemv_heads_mma_kernel, dim3(cu_div_up(w[0].rows, 16), nh), MMA_WARPS * 32, 0, tab, w[0].ld,
 				  w[0].rows, w[0].cols, xt, ldx, hx, nt, yt, ldy, hy);
 			continue;

@@ -56,6 +56,7 @@ static void moe_marks_print(int n, int mode, int na, int cmax) /* mode 1: padded
 #define MOE_WARPS 4
 #define MOE_RPW 2
 #define MOE_SMALL_N 32
+#define MOE_KU 8 /* the combine's loads in flight a (token, row) */
 #define ROUTE_EMAX 256
 
 struct moe_lists {
@@ -178,6 +179,152 @@ moe_mma_kernel(const void *const *tab, int E, int rows, int cols, size_t ld, con
 					y[(size_t)(beg + c0 + tok) * ldy + row] = v[j];
 			}
 		__syncthreads(); /* red is reused by the next 8 tokens */
+	}
+}
+
+/* ---- small n on the tensor cores, fused (KVGATE_CUDA_FUSE=1; bf16, fast mode, dim, inter % 32 == 0) ----
+ * Two launches: gate and up of 16 rows of one expert in one block (gemv_mma_tile, the activations
+ * read once for both), silu * up in its epilogue; then down, whose row tile's last block to finish
+ * (cu_arrive) adds the weighted slots to out in k order, as moe_combine_kernel does. With one token
+ * there are no lists: slot z is expert idx[z] (direct); otherwise the lists' z-th active expert.
+ * The shared experts (moe_ffn_shared), when given, are one more "expert" of every token in both
+ * launches, weight 1, and the combine starts from their output instead of out's contents. */
+struct moe_src {
+	moe_lists L;
+	const int32_t *idx;
+	int direct;
+};
+
+struct moe_sh {
+	const uint16_t *w[3]; /* gate, up, down; w[0] NULL: none */
+	size_t ld_gu, ld_d;
+	int rows;             /* their width */
+	float *h, *y;         /* (n, rows), (n, dim) */
+};
+
+/* grid slot z's expert (-1: none) and its first sorted slot and count */
+__device__ __forceinline__ int moe_expert(const moe_src &s, int E, int z, int *beg, int *cnt)
+{
+	if (s.direct) {
+		*beg = z, *cnt = 1;
+		return s.idx[z];
+	}
+	if (z >= s.L.act[E])
+		return -1;
+	int e = s.L.act[z];
+	*beg = s.L.off[e], *cnt = s.L.off[e + 1] - *beg;
+	return e;
+}
+
+/* the token of sorted slot r */
+__device__ __forceinline__ int moe_tok(const moe_src &s, int K, int r)
+{
+	return s.direct ? r / K : s.L.lst[r] / K;
+}
+
+/* grid (16-row tiles of inter, zs expert slots + the shared experts' tiles, gridDim.x a row):
+ * h (slots, inter) = silu(x . gate^T) * (x . up^T); the shared experts' into sh.h */
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+moe_gu_mma_kernel(const void *const *tab, int E, int inter, int dim, size_t ld, const float *x, int K, moe_src s,
+		  int zs, int n, moe_sh sh, float *h)
+{
+	__shared__ float red[MMA_WARPS][32][8];
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+	int shb = (int)blockIdx.y >= zs, row0 = blockIdx.x * 16;
+	if (shb) {
+		row0 = (((int)blockIdx.y - zs) * gridDim.x + blockIdx.x) * 16;
+		if (row0 >= sh.rows)
+			return;
+		gemv_prefetch<uint16_t, 2>(sh.w[0], sh.ld_gu, row0 + 2 * warp, sh.rows, dim);
+		gemv_prefetch<uint16_t, 2>(sh.w[1], sh.ld_gu, row0 + 2 * warp, sh.rows, dim);
+	}
+	cu_pdl_wait(); /* the routed ids come from the kernel just before */
+	const uint16_t *w[2] = {sh.w[0], sh.w[1]};
+	int beg = 0, cnt = n, rows = sh.rows;
+	size_t ldw = sh.ld_gu;
+	float *out = sh.h;
+	if (!shb) {
+		int e = moe_expert(s, E, blockIdx.y, &beg, &cnt);
+		if (e < 0)
+			return;
+		w[0] = (const uint16_t *)tab[e], w[1] = (const uint16_t *)tab[E + e];
+		rows = inter, ldw = ld, out = h;
+	}
+	for (int c0 = 0; c0 < cnt; c0 += 8) {
+		int nt = min(8, cnt - c0), r = beg + c0 + min(g, nt - 1);
+		const float *xg = x + (size_t)(shb ? r : moe_tok(s, K, r)) * dim;
+		float v[2][4];
+		if (gemv_mma_tile<2, MMA_U / 2>(w, ldw, row0, rows, dim, xg, red, v))
+#pragma unroll
+			for (int j = 0; j < 4; j++) {
+				int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+				if (row < rows && tok < nt)
+					out[(size_t)(beg + c0 + tok) * rows + row] = gemv_silu_mul(v[0][j], v[1][j]);
+			}
+		__syncthreads(); /* red is reused by the next 8 tokens */
+	}
+}
+
+/* grid (16-row tiles of dim, zs expert slots + 1 if shared): y (slots, dim) = h . down^T (the
+ * shared experts': sh.y); the tile's last block then, for its rows, out[i] = (sh.y[i] or out[i])
+ * + sum_k wt[i,k] * y[slot of (i, k)] */
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+moe_down_mma_kernel(const void *const *tab, int E, int dim, int inter, size_t ld, const float *h, int K, moe_src s,
+		    int zs, int n, moe_sh sh, float *y, const float *wt, float *out, int *tick)
+{
+	__shared__ float red[MMA_WARPS][32][4];
+	int row0 = blockIdx.x * 16, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	/* the experts were chosen two kernels back (the route or the lists, then gate/up): they may
+	 * be read before the wait (cu.h), and the rows prefetched */
+	int shb = (int)blockIdx.y >= zs, beg = 0, cnt = n, cols = sh.rows, ldo = dim;
+	const uint16_t *w = sh.w[2];
+	size_t ldw = sh.ld_d;
+	const float *in = sh.h;
+	float *o = sh.y;
+	if (!shb) {
+		int e = moe_expert(s, E, blockIdx.y, &beg, &cnt);
+		w = e >= 0 ? (const uint16_t *)tab[e] : NULL;
+		cols = inter, ldw = ld, in = h, o = y;
+	}
+	if (w)
+		gemv_prefetch<uint16_t, 2>(w, ldw, row0 + 2 * warp, dim, cols);
+	cu_pdl_wait();
+	if (!w)
+		return;
+	for (int c0 = 0; c0 < cnt; c0 += 8) {
+		int nt = min(8, cnt - c0), r = beg + c0 + min(g, nt - 1);
+		float v[4];
+		if (gemv_mma_rows(w, ldw, row0, dim, cols, in + (size_t)r * cols, red, v))
+#pragma unroll
+			for (int j = 0; j < 4; j++) {
+				int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+				if (row < dim && tok < nt)
+					o[(size_t)(beg + c0 + tok) * ldo + row] = v[j];
+			}
+		__syncthreads();
+	}
+	if (!cu_arrive(tick + blockIdx.x, (s.direct ? K : s.L.act[E]) + (sh.w[2] != NULL)))
+		return;
+	/* every load of a (token, row) issued before the first add: one round trip to L2, not K */
+	for (int t = threadIdx.x; t < n * 16; t += blockDim.x) {
+		int i = t >> 4, row = row0 + (t & 15);
+		if (row >= dim)
+			continue;
+		float acc = sh.w[2] ? __ldcg(sh.y + (size_t)i * dim + row) : out[(size_t)i * dim + row];
+		for (int k0 = 0; k0 < K; k0 += MOE_KU) {
+			float yv[MOE_KU], wv[MOE_KU];
+#pragma unroll
+			for (int u = 0; u < MOE_KU; u++) {
+				int k = min(k0 + u, K - 1), sl = s.direct ? i * K + k : s.L.inv[i * K + k];
+				yv[u] = __ldcg(y + (size_t)sl * dim + row);
+				wv[u] = wt[(size_t)i * K + k];
+			}
+#pragma unroll
+			for (int u = 0; u < MOE_KU; u++)
+				if (k0 + u < K)
+					acc += wv[u] * yv[u];
+		}
+		out[(size_t)i * dim + row] = acc;
 	}
 }
 
@@ -500,11 +647,12 @@ static void moe_prefill_pad(struct cu *c, const float *x, int dim, int inter, in
 
 static int moe_pad_on = -1; /* KVGATE_CUDA_MOE_PAD=0: never the padded path */
 
-void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
-		int K, int E, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down, float *out,
-		float *scratch)
+/* moe_ffn, and with shw (the shared experts' gate, up, down) moe_ffn_shared: g, u (n, shw rows)
+ * are its scratch where the shared experts go apart (glu, then down into out) */
+static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt, int K,
+		    int E, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down,
+		    const struct eng_w *shw, float *sg, float *su, float *out)
 {
-	(void)scratch;
 	struct cu *c = CU(be);
 	if (n <= 0)
 		return;
@@ -521,7 +669,9 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 	size_t ints = ((size_t)E * 3 + 2 + (size_t)nK * 2 + 63) & ~(size_t)63;
 	size_t o_u = moe_al((size_t)nK * inter * 4), o_y = o_u + moe_al((size_t)nK * inter * 4);
 	size_t o_xs = o_y + moe_al((size_t)nK * dim * 4), o_end = o_xs + moe_al((size_t)nK * dim * 4);
-	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_OP, moe_al(ints * 4) + (small ? o_xs : 0));
+	int Is = shw ? shw[0].rows : 0;
+	size_t o_sh = o_xs, sh_bytes = moe_al((size_t)n * Is * 4) + moe_al((size_t)n * dim * 4);
+	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_OP, moe_al(ints * 4) + (small ? o_xs + sh_bytes : 0));
 	uint8_t *f = s + moe_al(ints * 4); /* g, u, y (decode) */
 	moe_lists L;
 	L.cnt = (int *)s;
@@ -534,16 +684,42 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 	int mode = 0, na = 0, cmax = 0;
 
 	SH_BUG_ON(E > ROUTE_EMAX);
+	size_t ld_gu = gate[0].ld, ld_d = down[0].ld;
+	/* fast mode, bf16: the tensor-core GEMVs (g and its inter-wide rows are 16-byte aligned: the
+	 * scratch is, and inter % 32 == 0) */
+	int mma = small && !c->exact && gate[0].dt == ENG_DT_BF16 && aligned && c->prop.major >= 8 && dim % 32 == 0 &&
+		  inter % 32 == 0 && cu_div_up(dim, 16) <= CU_TICKS;
+	if (shw) /* the shared experts in the same launches: bf16 too, one shape, 16-byte rows */
+		mma = mma && shw[0].dt == ENG_DT_BF16 && shw[1].dt == ENG_DT_BF16 && shw[2].dt == ENG_DT_BF16 &&
+		      shw[1].rows == Is && shw[0].ld == shw[1].ld && shw[0].cols == dim && shw[2].rows == dim &&
+		      shw[2].cols == Is && Is % 32 == 0 && experts_aligned(shw, shw + 1, shw + 2, 1, 8);
+	if (mma && c->fuse) {
+		moe_src ms = {L, idx, n == 1};
+		moe_sh sh = {};
+		if (shw) {
+			for (int k = 0; k < 3; k++)
+				sh.w[k] = (const uint16_t *)shw[k].data;
+			sh.ld_gu = shw[0].ld, sh.ld_d = shw[2].ld, sh.rows = Is;
+			sh.h = (float *)(f + o_sh), sh.y = (float *)(f + o_sh + moe_al((size_t)n * Is * 4));
+		}
+		int zs = SH_MIN(E, nK), ti = cu_div_up(inter, 16);
+		if (!ms.direct)
+			cu_launch(c, moe_lists_kernel, 1, 256, 0, idx, nK, E, L);
+		cu_launch(c, moe_gu_mma_kernel, dim3(ti, zs + cu_div_up(cu_div_up(Is, 16), ti)), MMA_WARPS * 32, 0, tab, E,
+			  inter, dim, ld_gu, x, K, ms, zs, n, sh, g);
+		cu_launch(c, moe_down_mma_kernel, dim3(cu_div_up(dim, 16), zs + (shw != NULL)), MMA_WARPS * 32, 0,
+			  tab + 2 * E, E, dim, inter, ld_d, (const float *)g, K, ms, zs, n, sh, y, wt, out, c->tick);
+		return;
+	}
+	if (shw) { /* apart: out = the shared experts' output, then the routed ones added below */
+		cu_glu(be, x, dim, n, &shw[0], &shw[1], sg, su, Is);
+		cu_matmul(c, sg, Is, n, &shw[2], NULL, out, dim);
+	}
 	if (!small)
 		moe_mark(c, 0);
 	cu_launch(c, moe_lists_kernel, 1, 256, 0, idx, nK, E, L);
-	size_t ld_gu = gate[0].ld, ld_d = down[0].ld;
-	if (small) {
+	if (small) { /* expert-major: gate and up, silu * up, down, then moe_combine_kernel */
 		int zs = SH_MIN(E, nK);
-		/* fast mode, bf16: the tensor-core GEMV (g and its inter-wide rows are 16-byte aligned:
-		 * the scratch is, and inter % 32 == 0) */
-		int mma = !c->exact && gate[0].dt == ENG_DT_BF16 && aligned && c->prop.major >= 8 && dim % 32 == 0 &&
-			  inter % 32 == 0;
 		if (mma) {
 			cu_launch(c, moe_mma_kernel, dim3(cu_div_up(inter, 16), 2, zs), MMA_WARPS * 32, 0, tab, E, inter, dim,
 				  ld_gu, x, dim, 1, K, L, g, u, inter);
@@ -558,8 +734,8 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 				  inter, ld_d, (const float *)g, inter, 0, K, L, y, y, dim);
 		} else {
 			dim3 g2(cu_div_up(dim, MOE_WARPS * MOE_RPW), 1, zs);
-			moe_gemv_any(c, gate[0].dt, aligned && inter % 4 == 0, g2, tab + 2 * E, E, dim, inter, ld_d, g, inter, 0,
-				     K, L, y, y, dim);
+			moe_gemv_any(c, gate[0].dt, aligned && inter % 4 == 0, g2, tab + 2 * E, E, dim, inter, ld_d, g, inter,
+				     0, K, L, y, y, dim);
 		}
 	} else {
 		int *hoff = (int *)sh_malloc(sizeof(int) * (size_t)(E + 1));
@@ -611,4 +787,19 @@ void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const in
 		moe_mark(c, 6);
 		moe_marks_print(n, mode, na, cmax);
 	}
+}
+
+void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt, int K,
+		int E, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down, float *out, float *scratch)
+{
+	(void)scratch;
+	moe_ffn(be, x, n, dim, idx, wt, K, E, gate, up, down, NULL, NULL, NULL, out);
+}
+
+void cu_moe_ffn_shared(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
+		       int K, int E, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down,
+		       const struct eng_w *sh, float *g, float *u, float *out, float *scratch)
+{
+	(void)scratch;
+	moe_ffn(be, x, n, dim, idx, wt, K, E, gate, up, down, sh, g, u, out);
 }

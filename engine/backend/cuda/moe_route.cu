@@ -1,29 +1,29 @@
 /* moe_route.cu: router logits (n, E) -> expert ids idx (n, K) and weights wt (n, K), both device
  * memory. One warp per token: the softmax across lanes, then lane 0 runs the CPU's selection
  * (group-limited masking, top-k by repeated argmax with ties to the lower id, normalise or scale)
- * step for step, so both backends route alike. */
-#include "engine/backend/cuda/cu.h"
+ * step for step, so both backends route alike. moe_router: the router's GEMV and the routing in one
+ * launch (decode). */
+#include "engine/backend/cuda/gemv.cuh"
 
 #define ROUTE_WARPS 4
 #define ROUTE_MAXE 256
 
-__global__ void moe_route_kernel(const float *logits, int n, struct eng_moe_route r, int32_t *idx, float *wt)
+/* One warp routes one token: logits lg (E, read through L2: another block may have written them
+ * in this kernel) -> idx, wt (K); p, masked: E floats of shared memory of this warp's own. */
+__device__ void route_token(const float *lg, const struct eng_moe_route &r, float *p, float *masked, int32_t *idx,
+			    float *wt)
 {
-	cu_pdl_wait();
-	__shared__ float sp[ROUTE_WARPS][ROUTE_MAXE], sm[ROUTE_WARPS][ROUTE_MAXE];
-	int w = threadIdx.x >> 5, lane = threadIdx.x & 31, i = blockIdx.x * ROUTE_WARPS + w;
-	if (i >= n)
-		return;
+	int lane = threadIdx.x & 31;
 	int E = r.n_experts, K = r.top_k;
-	float *p = sp[w], *masked = sm[w];
-	const float *lg = logits + (size_t)i * E;
 	float mx = -INFINITY;
-	for (int e = lane; e < E; e += 32)
-		mx = fmaxf(mx, lg[e]);
+	for (int e = lane; e < E; e += 32) {
+		p[e] = __ldcg(lg + e);
+		mx = fmaxf(mx, p[e]);
+	}
 	mx = cu_warp_max(mx);
 	float sum = 0.0f;
 	for (int e = lane; e < E; e += 32) {
-		p[e] = expf(lg[e] - mx);
+		p[e] = expf(p[e] - mx);
 		sum += p[e];
 	}
 	sum = cu_warp_sum(sum);
@@ -73,8 +73,8 @@ __global__ void moe_route_kernel(const float *logits, int n, struct eng_moe_rout
 				bv = ov, best = ob;
 		}
 		if (lane == 0) {
-			idx[(size_t)i * K + k] = best;
-			wt[(size_t)i * K + k] = p[best];
+			idx[k] = best;
+			wt[k] = p[best];
 			masked[best] = -1.0f;
 		}
 		s += p[best];
@@ -84,10 +84,54 @@ __global__ void moe_route_kernel(const float *logits, int n, struct eng_moe_rout
 		return;
 	for (int k = 0; k < K; k++) {
 		if (K > 1 && r.norm_topk_prob)
-			wt[(size_t)i * K + k] /= s + 1e-20f;
+			wt[k] /= s + 1e-20f;
 		else
-			wt[(size_t)i * K + k] *= r.routed_scaling;
+			wt[k] *= r.routed_scaling;
 	}
+}
+
+__global__ void moe_route_kernel(const float *logits, int n, struct eng_moe_route r, int32_t *idx, float *wt)
+{
+	cu_pdl_wait();
+	__shared__ float sp[ROUTE_WARPS][ROUTE_MAXE], sm[ROUTE_WARPS][ROUTE_MAXE];
+	int w = threadIdx.x >> 5, i = blockIdx.x * ROUTE_WARPS + w;
+	if (i < n)
+		route_token(logits + (size_t)i * r.n_experts, r, sp[w], sm[w], idx + (size_t)i * r.top_k,
+			    wt + (size_t)i * r.top_k);
+}
+
+/* moe_router: the add and norm (gemv.cuh's prenorm), the router GEMV on the tensor cores (16
+ * experts a block, up to 8 tokens), then the last block to finish (cu_arrive) stores x and xn and
+ * routes the tokens, a warp each; its shared memory serves the bf16 activations, then the routing */
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+moe_router_kernel(const uint16_t *w, size_t ld, int cols, struct eng_prenorm pn, int n, struct eng_moe_route r,
+		  float *logits, int32_t *idx, float *wt, int *tick)
+{
+	extern __shared__ __align__(16) uint8_t rt_smem[];
+	__shared__ float red[MMA_WARPS][32][4];
+	__shared__ float part[32], inv[PN_MAXT];
+	uint16_t *xs = (uint16_t *)rt_smem;
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3, row0 = blockIdx.x * 16;
+	int E = r.n_experts;
+	gemv_prefetch<uint16_t, 2>(w, ld, row0 + 2 * warp, E, cols);
+	cu_pdl_wait();
+	gemv_prenorm(pn, cols, n, xs, part, inv);
+	const uint16_t *ws[1] = {w};
+	float v[1][4];
+	if (gemv_mma_tile<1, MMA_U, true>(ws, ld, row0, E, cols, xs + (size_t)min(g, n - 1) * gemv_pn_ld(cols), red, v))
+#pragma unroll
+		for (int j = 0; j < 4; j++) {
+			int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+			if (row < E && tok < n)
+				logits[(size_t)tok * E + row] = v[0][j];
+		}
+	if (!cu_arrive(tick, gridDim.x))
+		return;
+	gemv_pn_store(pn, cols, n, inv);
+	float *sp = (float *)rt_smem + (size_t)warp * 2 * ROUTE_MAXE; /* xs is done with */
+	for (int i = warp; i < n; i += MMA_WARPS)
+		route_token(logits + (size_t)i * E, r, sp, sp + ROUTE_MAXE, idx + (size_t)i * r.top_k,
+			    wt + (size_t)i * r.top_k);
 }
 
 void cu_moe_route(struct eng_backend *be, const float *logits, int n, const struct eng_moe_route *r, int32_t *idx,
@@ -97,4 +141,22 @@ void cu_moe_route(struct eng_backend *be, const float *logits, int n, const stru
 		return;
 	SH_BUG_ON(r->n_experts > ROUTE_MAXE || r->n_group > ROUTE_MAXE);
 	cu_launch(CU(be), moe_route_kernel, cu_div_up(n, ROUTE_WARPS), ROUTE_WARPS * 32, 0, logits, n, *r, idx, wt);
+}
+
+void cu_moe_router(struct eng_backend *be, const struct eng_prenorm *pn, int n, const struct eng_w *w,
+		   const struct eng_moe_route *r, float *logits, int32_t *idx, float *wt)
+{
+	struct cu *c = CU(be);
+	if (n <= 0)
+		return;
+	SH_BUG_ON(r->n_experts != w->rows);
+	if (r->n_experts <= ROUTE_MAXE && cu_pn_ok(c, w, pn, n)) {
+		size_t smem = SH_MAX(gemv_pn_smem(n, w->cols), sizeof(float) * 2 * ROUTE_MAXE * MMA_WARPS);
+		cu_launch(c, moe_router_kernel, cu_div_up(w->rows, 16), MMA_WARPS * 32, smem, (const uint16_t *)w->data,
+			  w->ld, w->cols, *pn, n, *r, logits, idx, wt, c->tick);
+		return;
+	}
+	cu_prenorm(be, pn, n, w->cols);
+	cu_matmul(c, pn->xn, w->cols, n, w, NULL, logits, r->n_experts);
+	cu_moe_route(be, logits, n, r, idx, wt);
 }

@@ -8,12 +8,7 @@ __global__ void rmsnorm_kernel(float *y, int ldy, const float *x, int ldx, int d
 	float *yi = y + (size_t)blockIdx.x * ldy;
 	__shared__ float part[32];
 	cu_pdl_wait();
-	float ss = 0;
-	for (int d = threadIdx.x; d < dim; d += blockDim.x)
-		ss += xi[d] * xi[d];
-	float inv = 1.0f / sqrtf(cu_block_sum(ss, part) / (float)dim + eps);
-	for (int d = threadIdx.x; d < dim; d += blockDim.x)
-		yi[d] = w[d] * (xi[d] * inv);
+	cu_rmsnorm_row(yi, xi, dim, w, eps, part);
 }
 
 void cu_rmsnorm(struct eng_backend *be, float *y, int ldy, const float *x, int ldx, int n, int dim, const float *w,

@@ -1,5 +1,5 @@
 /* rope.cu: rotates the first r->dim values of each head in place, pairs (2f, 2f+1) or halves
- * (f, f + dim/2), cos/sin of pos * inv_freq in fp32 as the CPU computes them. */
+ * (f, f + dim/2), cos/sin of pos * inv_freq in fp32 as the CPU computes them (cu.h: cu_rope_pair). */
 #include "engine/backend/cuda/cu.h"
 
 __global__ void rope_kernel(float *x, int n, int n_heads, int ld_tok, int ld_head, const int32_t *pos,
@@ -10,15 +10,7 @@ __global__ void rope_kernel(float *x, int n, int n_heads, int ld_tok, int ld_hea
 	long total = (long)n * n_heads * half;
 	for (long t = blockIdx.x * (long)blockDim.x + threadIdx.x; t < total; t += (long)gridDim.x * blockDim.x) {
 		int f = (int)(t % half), h = (int)(t / half % n_heads), i = (int)(t / half / n_heads);
-		float a = (float)pos[i] * r.inv_freq[f], sn, cs;
-		sincosf(a, &sn, &cs);
-		cs *= r.mscale;
-		sn *= r.mscale;
-		float *v = x + (size_t)i * ld_tok + (size_t)h * ld_head;
-		int i0 = r.interleaved ? 2 * f : f, i1 = r.interleaved ? 2 * f + 1 : f + half;
-		float a0 = v[i0], b0 = v[i1];
-		v[i0] = a0 * cs - b0 * sn;
-		v[i1] = b0 * cs + a0 * sn;
+		cu_rope_pair(x + (size_t)i * ld_tok + (size_t)h * ld_head, NULL, f, pos[i], r);
 	}
 }
 
