@@ -25,7 +25,7 @@ int eng_serve_main(int argc, char **argv);
 
 enum {
 	F_HOST = 1, F_PORT, F_NAME, F_DTYPE, F_KVDT, F_MAXLEN, F_GPUMEM, F_KVMEM, F_NBLOCKS, F_SEQS, F_BATCHED,
-	F_BLOCK, F_PC, F_NOPC, F_DEVICE, F_SEED, F_TRC, F_THREADS, F_CHAT, F_MAXBODY, F_HELP
+	F_BLOCK, F_PC, F_NOPC, F_DEVICE, F_SEED, F_TRC, F_THREADS, F_CHAT, F_MAXBODY, F_SHUTDOWN, F_HELP
 };
 
 struct flag {
@@ -57,6 +57,7 @@ static const struct flag flags[] = {
 	{"threads", 1, F_THREADS, "all CPUs", "CPU backend threads"},
 	{"chat-template-name", 1, F_CHAT, "detected", "built-in chat renderer: deepseek_v2 | deepseek_v3 | llama3 | chatml | qwen3"},
 	{"max-body-bytes", 1, F_MAXBODY, "32M", "largest request body"},
+	{"shutdown-timeout", 1, F_SHUTDOWN, "30", "SIGTERM/SIGINT: seconds the requests in flight get to finish (new ones are refused; a second signal stops at once)"},
 	{"help", 0, F_HELP, "", "this list"},
 };
 
@@ -106,13 +107,38 @@ static int parse_int(const char *name, const char *s, long lo, long hi, int *out
 }
 
 static struct event_base *g_base;
+static struct event *g_drain_timer;
+static int g_shutdown_s = 30, g_stopping;
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
+static void drained(void *ud)
 {
-	(void)sig;
+	(void)ud;
+	fprintf(stderr, "kvgate-engine: every request answered\n");
+	event_base_loopexit(g_base, NULL);
+}
+
+static void drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
 	(void)what;
 	(void)arg;
+	fprintf(stderr, "kvgate-engine: --shutdown-timeout (%d s) passed: stopping the requests left\n", g_shutdown_s);
 	event_base_loopexit(g_base, NULL);
+}
+
+/* The first SIGTERM/SIGINT drains (arg: the server), the second stops at once. */
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	if (g_stopping++ || !arg) {
+		fprintf(stderr, "kvgate-engine: signal %d again: stopping now\n", (int)sig);
+		event_base_loopexit(g_base, NULL);
+		return;
+	}
+	int busy = eng_server_drain(arg, drained, NULL);
+	fprintf(stderr, "kvgate-engine: signal %d: draining %d request(s), %d s at most\n", (int)sig, busy, g_shutdown_s);
+	struct timeval tv = {g_shutdown_s, 0};
+	evtimer_add(g_drain_timer, &tv);
 }
 
 int eng_serve_main(int argc, char **argv)
@@ -128,6 +154,7 @@ int eng_serve_main(int argc, char **argv)
 	for (size_t i = 0; i < SH_ARRAY_LEN(flags); i++)
 		opts[i] = (struct option){flags[i].name, flags[i].has_arg ? required_argument : no_argument, 0, flags[i].id};
 	memset(&opts[SH_ARRAY_LEN(flags)], 0, sizeof(opts[0]));
+	g_shutdown_s = 30;
 	optind = 1;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
@@ -170,6 +197,7 @@ int eng_serve_main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case F_SHUTDOWN: if (parse_int("shutdown-timeout", optarg, 0, 86400, &g_shutdown_s)) return 2; break;
 		case F_HELP: case 'h': help(stdout); return 0;
 		case ':':
 			fprintf(stderr, "kvgate-engine: %s needs a value\n", argv[optind - 1]);
@@ -319,8 +347,9 @@ int eng_serve_main(int argc, char **argv)
 		goto out;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	sig_int = evsignal_new(g_base, SIGINT, on_signal, NULL);
-	sig_term = evsignal_new(g_base, SIGTERM, on_signal, NULL);
+	sig_int = evsignal_new(g_base, SIGINT, on_signal, srv);
+	sig_term = evsignal_new(g_base, SIGTERM, on_signal, srv);
+	g_drain_timer = evtimer_new(g_base, drain_timeout, NULL);
 	event_add(sig_int, NULL);
 	event_add(sig_term, NULL);
 	fprintf(stderr, "kvgate-engine: serving %s as '%s' on %s:%d (%s, weights %.1f MB, workspace %.1f MB, kv %s: %d blocks of %d tokens = %.1f MB, "
@@ -337,6 +366,10 @@ out:
 		event_free(sig_int);
 	if (sig_term)
 		event_free(sig_term);
+	if (g_drain_timer)
+		event_free(g_drain_timer);
+	g_drain_timer = NULL;
+	g_stopping = 0;
 	/* the scheduler thread stops first (it may still notify), then the server goes */
 	if (sched && sched->started) {
 		pthread_mutex_lock(&sched->mu);

@@ -78,6 +78,10 @@ struct eng_server {
 	int efd;
 	struct event *efd_ev, *free_ev;
 	struct eng_conn *conns, *dead;
+	int draining;                   /* eng_server_drain: no listener; connections close when answered */
+	struct event *drain_ev;         /* runs drained (once) when the last connection has gone */
+	void (*drained)(void *);
+	void *drained_ud;
 	uint64_t n_req;
 	pthread_mutex_t met_mu;
 	struct sh_metrics reg;
@@ -116,7 +120,7 @@ static void conn_done(struct eng_conn *c)
 	c->busy = 0;
 	if (c->dead)
 		return;
-	if (!c->keep_alive) {
+	if (!c->keep_alive || c->srv->draining) {
 		c->close_after = 1;
 		bufferevent_disable(c->bev, EV_READ);
 		if (!evbuffer_get_length(bufferevent_get_output(c->bev)))
@@ -1061,6 +1065,8 @@ static void conn_close(struct eng_conn *c)
 	c->next_dead = srv->dead;
 	srv->dead = c;
 	event_active(srv->free_ev, EV_TIMEOUT, 0);
+	if (srv->draining && !srv->conns)
+		event_active(srv->drain_ev, EV_TIMEOUT, 0);
 }
 
 static void reap(struct eng_server *srv)
@@ -1117,6 +1123,39 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 }
 
 /* ---- lifecycle ---- */
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct eng_server *srv = arg;
+	void (*done)(void *) = srv->drained;
+	(void)fd;
+	(void)what;
+	srv->drained = NULL;
+	if (done)
+		done(srv->drained_ud);
+}
+
+int eng_server_drain(struct eng_server *srv, void (*done)(void *ud), void *ud)
+{
+	int busy = 0;
+	srv->draining = 1;
+	srv->drained = done;
+	srv->drained_ud = ud;
+	if (srv->lis) { /* new connections are refused at once, not left in the backlog */
+		evconnlistener_free(srv->lis);
+		srv->lis = NULL;
+	}
+	for (struct eng_conn *c = srv->conns, *nx; c; c = nx) {
+		nx = c->next;
+		if (c->busy)
+			busy++;
+		else
+			conn_close(c);
+	}
+	if (!srv->conns)
+		event_active(srv->drain_ev, EV_TIMEOUT, 0);
+	return busy;
+}
 
 static const double ttft_b[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
 				7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
@@ -1207,6 +1246,7 @@ struct eng_server *eng_server_new(struct event_base *base, const struct eng_serv
 	srv->efd_ev = event_new(base, srv->efd, EV_READ | EV_PERSIST, efd_cb, srv);
 	event_add(srv->efd_ev, NULL);
 	srv->free_ev = event_new(base, -1, 0, free_cb, srv);
+	srv->drain_ev = event_new(base, -1, 0, drain_cb, srv);
 	srv->lis = evconnlistener_new_bind(base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
 					   (struct sockaddr *)&sa, salen);
 	if (!srv->lis) {
@@ -1232,6 +1272,8 @@ void eng_server_free(struct eng_server *srv)
 		event_free(srv->efd_ev);
 	if (srv->free_ev)
 		event_free(srv->free_ev);
+	if (srv->drain_ev)
+		event_free(srv->drain_ev);
 	if (srv->efd >= 0)
 		close(srv->efd);
 	srv->sched->hist.mu = NULL;

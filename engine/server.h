@@ -52,6 +52,10 @@ struct eng_server *eng_server_new(struct event_base *base, const struct eng_serv
 				  struct eng_sched *sched, const struct eng_api_ctx *ctx, struct sh_err *err);
 /* The scheduler's notify callback (ud: the server). */
 void eng_server_notify(void *ud);
+/* Graceful stop (SIGTERM): stops listening (new connections are refused), closes the idle
+ * connections, lets the requests being answered finish (each connection closes after its answer)
+ * and then calls done(ud) once, from the event loop. Returns how many requests are in flight. */
+int eng_server_drain(struct eng_server *srv, void (*done)(void *ud), void *ud);
 /* Stops listening and closes every connection (their sequences are cancelled). */
 void eng_server_free(struct eng_server *srv);
 
