@@ -202,17 +202,18 @@ struct moe_sh {
 	float *h, *y;         /* (n, rows), (n, dim) */
 };
 
-/* grid slot z's expert (-1: none) and its first sorted slot and count */
+/* grid slot z's expert (-1: none) and its first sorted slot and count; read through L2 (the down
+ * kernel reads them before its wait: no line of an earlier layer's lists may come from L1) */
 __device__ __forceinline__ int moe_expert(const moe_src &s, int E, int z, int *beg, int *cnt)
 {
 	if (s.direct) {
 		*beg = z, *cnt = 1;
-		return s.idx[z];
+		return __ldcg(s.idx + z);
 	}
-	if (z >= s.L.act[E])
+	if (z >= __ldcg(s.L.act + E))
 		return -1;
-	int e = s.L.act[z];
-	*beg = s.L.off[e], *cnt = s.L.off[e + 1] - *beg;
+	int e = __ldcg(s.L.act + z);
+	*beg = __ldcg(s.L.off + e), *cnt = __ldcg(s.L.off + e + 1) - *beg;
 	return e;
 }
 
