@@ -269,6 +269,88 @@ __device__ __forceinline__ void gemv_pn_store(const struct eng_prenorm &pn, int 
 	}
 }
 
+/* ---- the tensor-core GEMV kernel: up to two matrices of one input, n <= 8 tokens ----
+ * matmul, matmul2 (q and kv_a, gate and up), norm_matmul2 and moe_router: blocks 0 ..
+ * ceil(rows1 / 16) - 1 take W1's 16-row tiles, the rest W2's (rows2 = 0: one matrix). */
+struct mma2 {
+	const uint16_t *w[2];
+	size_t ld[2];
+	int rows[2], ldy[2];
+	float *y[2];
+	const float *bias; /* W1's only */
+};
+
+/* What the last block of a prenorm launch does after storing x and xn (smem: the dynamic shared
+ * memory, free again): nothing here; moe_router's routes the tokens. */
+struct gemv_no_last {
+	__device__ void operator()(uint8_t *smem) const
+	{
+		(void)smem;
+	}
+};
+
+/* PN: the input is pn's add and norm (gemv_prenorm: every block makes its bf16 copy in shared
+ * memory; the last block to finish stores x and xn, then runs last), not x */
+template <bool PN, typename LAST>
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+gemv_mma_kernel(mma2 a, int cols, const float *x, int ldx, int nt, struct eng_prenorm pn, int *tick, LAST last)
+{
+	extern __shared__ __align__(16) uint8_t pn_smem[];
+	__shared__ float red[MMA_WARPS][32][4];
+	__shared__ float part[32], inv[PN_MAXT];
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+	int tiles1 = (a.rows[0] + 15) / 16, m = (int)blockIdx.x >= tiles1;
+	int row0 = ((int)blockIdx.x - m * tiles1) * 16, rows = a.rows[m];
+	const uint16_t *w[1] = {a.w[m]};
+	gemv_prefetch<uint16_t, 2>(w[0], a.ld[m], row0 + 2 * warp, rows, cols);
+	cu_pdl_wait();
+	const void *xg = x + (size_t)min(g, nt - 1) * ldx;
+	if constexpr (PN) {
+		uint16_t *xs = (uint16_t *)pn_smem;
+		gemv_prenorm(pn, cols, nt, xs, part, inv);
+		xg = xs + (size_t)min(g, nt - 1) * gemv_pn_ld(cols);
+	}
+	float v[1][4];
+	if (gemv_mma_tile<1, MMA_U, PN>(w, a.ld[m], row0, rows, cols, xg, red, v)) {
+		const float *bias = m ? NULL : a.bias;
+		float *y = a.y[m];
+#pragma unroll
+		for (int j = 0; j < 4; j++) {
+			int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+			if (row < rows && tok < nt)
+				y[(size_t)tok * a.ldy[m] + row] = v[0][j] + (bias ? bias[row] : 0.0f);
+		}
+	}
+	if constexpr (PN) {
+		if (cu_arrive(tick, gridDim.x)) {
+			gemv_pn_store(pn, cols, nt, inv);
+			last(pn_smem);
+		}
+	}
+}
+
+/* W1 (+ bias) and W2 (NULL: none) times x, or times pn's add and norm (pn not NULL; then smem
+ * bytes of dynamic shared memory at least, for last), nt <= 8 tokens */
+template <typename LAST>
+static void gemv_mma_launch(struct cu *c, const struct eng_w *w1, const float *bias, float *y1, int ldy1,
+			    const struct eng_w *w2, float *y2, int ldy2, const float *x, int ldx, int nt,
+			    const struct eng_prenorm *pn, LAST last, size_t smem = 0)
+{
+	mma2 a = {{(const uint16_t *)w1->data, w2 ? (const uint16_t *)w2->data : NULL},
+		  {w1->ld, w2 ? w2->ld : 0},
+		  {w1->rows, w2 ? w2->rows : 0},
+		  {ldy1, ldy2},
+		  {y1, y2},
+		  bias};
+	int blocks = cu_div_up(w1->rows, 16) + (w2 ? cu_div_up(w2->rows, 16) : 0);
+	if (pn)
+		cu_launch(c, gemv_mma_kernel<true, LAST>, blocks, MMA_WARPS * 32, SH_MAX(smem, gemv_pn_smem(nt, w1->cols)),
+			  a, w1->cols, x, ldx, nt, *pn, c->tick, last);
+	else
+		cu_launch(c, gemv_mma_kernel<false, LAST>, blocks, MMA_WARPS * 32, 0, a, w1->cols, x, ldx, nt,
+			  eng_prenorm{}, c->tick, last);
+}
+
 /* The SwiGLU activation, as silu_mul and the MoE's act pass compute it. */
 __device__ __forceinline__ float gemv_silu_mul(float g, float u)
 {

@@ -91,52 +91,7 @@ static void gemv(struct cu *c, const struct eng_w *w, const float *x, int ldx, i
 	}
 }
 
-/* ---- n = 2..8 on the tensor cores (gemv.cuh: gemv_mma_rows) ---- */
-/* Up to two matrices of one input in one launch (matmul2: q and kv_a, gate and up): blocks
- * 0 .. ceil(rows1 / 16) - 1 take W1's 16-row tiles, the rest W2's (rows2 = 0: one matrix). */
-struct mma2 {
-	const uint16_t *w[2];
-	size_t ld[2];
-	int rows[2], ldy[2];
-	float *y[2];
-	const float *bias; /* W1's only */
-};
-
-__global__ void __launch_bounds__(MMA_WARPS * 32)
-gemv_mma_kernel(mma2 a, int cols, const float *x, int ldx, int nt)
-{
-	__shared__ float red[MMA_WARPS][32][4];
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-	int tiles1 = (a.rows[0] + 15) / 16, m = (int)blockIdx.x >= tiles1;
-	int row0 = ((int)blockIdx.x - m * tiles1) * 16, rows = a.rows[m];
-	const uint16_t *w = a.w[m];
-	gemv_prefetch<uint16_t, 2>(w, a.ld[m], row0 + 2 * warp, rows, cols);
-	cu_pdl_wait();
-	float v[4];
-	if (!gemv_mma_rows(w, a.ld[m], row0, rows, cols, x + (size_t)min(g, nt - 1) * ldx, red, v))
-		return;
-	const float *bias = m ? NULL : a.bias;
-	float *y = a.y[m];
-#pragma unroll
-	for (int j = 0; j < 4; j++) {
-		int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
-		if (row < rows && tok < nt)
-			y[(size_t)tok * a.ldy[m] + row] = v[j] + (bias ? bias[row] : 0.0f);
-	}
-}
-
-static void gemv_mma_launch(struct cu *c, const struct eng_w *w1, const float *bias, float *y1, int ldy1,
-			    const struct eng_w *w2, float *y2, int ldy2, const float *x, int ldx, int nt)
-{
-	mma2 a = {{(const uint16_t *)w1->data, w2 ? (const uint16_t *)w2->data : NULL},
-		  {w1->ld, w2 ? w2->ld : 0},
-		  {w1->rows, w2 ? w2->rows : 0},
-		  {ldy1, ldy2},
-		  {y1, y2},
-		  bias};
-	int blocks = cu_div_up(w1->rows, 16) + (w2 ? cu_div_up(w2->rows, 16) : 0);
-	cu_launch(c, gemv_mma_kernel, blocks, MMA_WARPS * 32, 0, a, w1->cols, x, ldx, nt);
-}
+/* ---- n = 2..8 on the tensor cores: gemv.cuh's gemv_mma_kernel, gemv_mma_launch ---- */
 
 /* The fewest tokens that take the tensor-core GEMV: 1 by default (at one token it wastes 7/8 of
  * the mma, which costs nothing in a memory-bound kernel, and keeps 8 weight loads a lane in
@@ -246,7 +201,7 @@ void cu_matmul(struct cu *c, const float *x, int ldx, int n, const struct eng_w 
 		float *yt = y + (size_t)t0 * ldy;
 		int nt = SH_MIN(8, n - t0);
 		if (cu_gemv_mma_ok(c, w, xt, ldx, nt)) {
-			gemv_mma_launch(c, w, bias, yt, ldy, NULL, NULL, 0, xt, ldx, nt);
+			gemv_mma_launch(c, w, bias, yt, ldy, NULL, NULL, 0, xt, ldx, nt, NULL, gemv_no_last{});
 		} else {
 			gemv(c, w, xt, ldx, nt, bias, yt, ldy);
 		}
@@ -265,7 +220,7 @@ void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const st
 	struct cu *c = CU(be);
 	if (n > 0 && n <= 8 && w1->cols == w2->cols && cu_gemv_mma_ok(c, w1, x, ldx, n) &&
 	    cu_gemv_mma_ok(c, w2, x, ldx, n)) {
-		gemv_mma_launch(c, w1, NULL, y1, ldy1, w2, y2, ldy2, x, ldx, n);
+		gemv_mma_launch(c, w1, NULL, y1, ldy1, w2, y2, ldy2, x, ldx, n, NULL, gemv_no_last{});
 		return;
 	}
 	if (n > 8 && !c->exact && w1->dt == w2->dt && w1->dt != ENG_DT_F32 && w1->cols == w2->cols) {
@@ -278,35 +233,7 @@ void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const st
 	cu_matmul(c, x, ldx, n, w2, NULL, y2, ldy2);
 }
 
-/* ---- norm_matmul2: the residual add and the norm in the GEMV's blocks (gemv.cuh) ---- */
-__global__ void __launch_bounds__(MMA_WARPS * 32)
-gemv_pn_kernel(mma2 a, int cols, struct eng_prenorm pn, int nt, int *tick)
-{
-	extern __shared__ __align__(16) uint8_t pn_smem[];
-	__shared__ float red[MMA_WARPS][32][4];
-	__shared__ float part[32], inv[PN_MAXT];
-	uint16_t *xs = (uint16_t *)pn_smem;
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-	int tiles1 = (a.rows[0] + 15) / 16, m = (int)blockIdx.x >= tiles1;
-	int row0 = ((int)blockIdx.x - m * tiles1) * 16, rows = a.rows[m];
-	const uint16_t *w[1] = {a.w[m]};
-	gemv_prefetch<uint16_t, 2>(w[0], a.ld[m], row0 + 2 * warp, rows, cols);
-	cu_pdl_wait();
-	gemv_prenorm(pn, cols, nt, xs, part, inv);
-	float v[1][4];
-	if (gemv_mma_tile<1, MMA_U, true>(w, a.ld[m], row0, rows, cols, xs + (size_t)min(g, nt - 1) * gemv_pn_ld(cols), red,
-					  v)) {
-		float *y = a.y[m];
-#pragma unroll
-		for (int j = 0; j < 4; j++) {
-			int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
-			if (row < rows && tok < nt)
-				y[(size_t)tok * a.ldy[m] + row] = v[0][j];
-		}
-	}
-	if (cu_arrive(tick, gridDim.x))
-		gemv_pn_store(pn, cols, nt, inv);
-}
+/* ---- norm_matmul2: the residual add and the norm in the GEMV's blocks (gemv_mma_kernel<true>) ---- */
 
 /* Whether a prenorm GEMV takes nt tokens of width cols (its bf16 copy fits in a block's 48 KB). */
 static int pn_maxt = -1; /* KVGATE_CUDA_PN=k: fuse the norm up to k tokens (0: never; default 8) */
@@ -337,14 +264,7 @@ void cu_norm_matmul2(struct eng_backend *be, const struct eng_prenorm *pn, int n
 	struct cu *c = CU(be);
 	int cols = w1->cols;
 	if (n > 0 && w1->cols == w2->cols && cu_pn_ok(c, w1, pn, n) && cu_pn_ok(c, w2, pn, n)) {
-		mma2 a = {{(const uint16_t *)w1->data, (const uint16_t *)w2->data},
-			  {w1->ld, w2->ld},
-			  {w1->rows, w2->rows},
-			  {ldy1, ldy2},
-			  {y1, y2},
-			  NULL};
-		int blocks = cu_div_up(w1->rows, 16) + cu_div_up(w2->rows, 16);
-		cu_launch(c, gemv_pn_kernel, blocks, MMA_WARPS * 32, gemv_pn_smem(n, cols), a, cols, *pn, n, c->tick);
+		gemv_mma_launch(c, w1, NULL, y1, ldy1, w2, y2, ldy2, pn->x, cols, n, pn, gemv_no_last{});
 		return;
 	}
 	cu_prenorm(be, pn, n, cols);

@@ -671,7 +671,7 @@ static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, cons
 	size_t o_u = moe_al((size_t)nK * inter * 4), o_y = o_u + moe_al((size_t)nK * inter * 4);
 	size_t o_xs = o_y + moe_al((size_t)nK * dim * 4), o_end = o_xs + moe_al((size_t)nK * dim * 4);
 	int Is = shw ? shw[0].rows : 0;
-	size_t o_sh = o_xs, sh_bytes = moe_al((size_t)n * Is * 4) + moe_al((size_t)n * dim * 4);
+	size_t o_sh = o_xs, sh_bytes = shw ? moe_al((size_t)n * Is * 4) + moe_al((size_t)n * dim * 4) : 0;
 	uint8_t *s = (uint8_t *)cu_scratch(c, CU_SCR_OP, moe_al(ints * 4) + (small ? o_xs + sh_bytes : 0));
 	uint8_t *f = s + moe_al(ints * 4); /* g, u, y (decode) */
 	moe_lists L;

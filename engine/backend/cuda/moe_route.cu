@@ -100,39 +100,24 @@ __global__ void moe_route_kernel(const float *logits, int n, struct eng_moe_rout
 			    wt + (size_t)i * r.top_k);
 }
 
-/* moe_router: the add and norm (gemv.cuh's prenorm), the router GEMV on the tensor cores (16
- * experts a block, up to 8 tokens), then the last block to finish (cu_arrive) stores x and xn and
- * routes the tokens, a warp each; its shared memory serves the bf16 activations, then the routing */
-__global__ void __launch_bounds__(MMA_WARPS * 32)
-moe_router_kernel(const uint16_t *w, size_t ld, int cols, struct eng_prenorm pn, int n, struct eng_moe_route r,
-		  float *logits, int32_t *idx, float *wt, int *tick)
-{
-	extern __shared__ __align__(16) uint8_t rt_smem[];
-	__shared__ float red[MMA_WARPS][32][4];
-	__shared__ float part[32], inv[PN_MAXT];
-	uint16_t *xs = (uint16_t *)rt_smem;
-	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3, row0 = blockIdx.x * 16;
-	int E = r.n_experts;
-	gemv_prefetch<uint16_t, 2>(w, ld, row0 + 2 * warp, E, cols);
-	cu_pdl_wait();
-	gemv_prenorm(pn, cols, n, xs, part, inv);
-	const uint16_t *ws[1] = {w};
-	float v[1][4];
-	if (gemv_mma_tile<1, MMA_U, true>(ws, ld, row0, E, cols, xs + (size_t)min(g, n - 1) * gemv_pn_ld(cols), red, v))
-#pragma unroll
-		for (int j = 0; j < 4; j++) {
-			int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
-			if (row < E && tok < n)
-				logits[(size_t)tok * E + row] = v[0][j];
-		}
-	if (!cu_arrive(tick, gridDim.x))
-		return;
-	gemv_pn_store(pn, cols, n, inv);
-	float *sp = (float *)rt_smem + (size_t)warp * 2 * ROUTE_MAXE; /* xs is done with */
-	for (int i = warp; i < n; i += MMA_WARPS)
-		route_token(logits + (size_t)i * E, r, sp, sp + ROUTE_MAXE, idx + (size_t)i * r.top_k,
-			    wt + (size_t)i * r.top_k);
-}
+/* moe_router: the add and norm, the router GEMV (gemv.cuh's gemv_mma_kernel, prenorm), then its
+ * last block to finish routes the tokens, a warp each, in the shared memory the bf16 activations
+ * used */
+struct route_last {
+	struct eng_moe_route r;
+	const float *logits;
+	int32_t *idx;
+	float *wt;
+	int n;
+	__device__ void operator()(uint8_t *smem) const
+	{
+		int warp = threadIdx.x >> 5;
+		float *sp = (float *)smem + (size_t)warp * 2 * ROUTE_MAXE;
+		for (int i = warp; i < n; i += MMA_WARPS)
+			route_token(logits + (size_t)i * r.n_experts, r, sp, sp + ROUTE_MAXE, idx + (size_t)i * r.top_k,
+				    wt + (size_t)i * r.top_k);
+	}
+};
 
 void cu_moe_route(struct eng_backend *be, const float *logits, int n, const struct eng_moe_route *r, int32_t *idx,
 		  float *wt)
@@ -151,9 +136,8 @@ void cu_moe_router(struct eng_backend *be, const struct eng_prenorm *pn, int n, 
 		return;
 	SH_BUG_ON(r->n_experts != w->rows);
 	if (r->n_experts <= ROUTE_MAXE && cu_pn_ok(c, w, pn, n)) {
-		size_t smem = SH_MAX(gemv_pn_smem(n, w->cols), sizeof(float) * 2 * ROUTE_MAXE * MMA_WARPS);
-		cu_launch(c, moe_router_kernel, cu_div_up(w->rows, 16), MMA_WARPS * 32, smem, (const uint16_t *)w->data,
-			  w->ld, w->cols, *pn, n, *r, logits, idx, wt, c->tick);
+		gemv_mma_launch(c, w, NULL, logits, r->n_experts, NULL, NULL, 0, pn->x, w->cols, n, pn,
+				route_last{*r, logits, idx, wt, n}, sizeof(float) * 2 * ROUTE_MAXE * MMA_WARPS);
 		return;
 	}
 	cu_prenorm(be, pn, n, w->cols);
