@@ -444,7 +444,7 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	be->matmul2 = cu_matmul2;
 	be->add_rmsnorm = cu_add_rmsnorm;
 	/* Version 4's fused decode ops (a layer's ~23 launches at batch 1 down to 9), off until they
-	 * are measured faster: run 24 had them slower (batch 1 3.20 vs 3.01 ms, batch 8 9.72 vs 6.82)
+	 * are measured faster: run 25 had them slower (batch 1 3.20 vs 3.01 ms, batch 8 9.72 vs 6.82)
 	 * before the fix of their norm prologue's serial loads, which no GPU has run yet
 	 * (bench/NOTES-cuda.md, version 4). test_cuda_ops checks them against the CPU. */
 	if (c->fuse) {

@@ -196,7 +196,7 @@ static inline size_t gemv_pn_smem(int nt, int dim)
 
 /* Values of token i a thread holds: float4 k of the thread is x[4 * (threadIdx.x + k * blockDim.x)];
  * dim % 4 == 0 and dim <= 4 * PN_V * blockDim.x (cu_pn_ok). All of them are loaded before the
- * first is used: one round trip to L2 a token, not one per value (run 24: the scalar loop made a
+ * first is used: one round trip to L2 a token, not one per value (run 25: the scalar loop made a
  * 256 KB router GEMV take 20 us). */
 #define PN_V 4
 __device__ __forceinline__ void gemv_pn_load(const struct eng_prenorm &pn, int i, int dim, float4 (&v)[PN_V])
