@@ -11,7 +11,7 @@ mkdir -p "$B/run"
 PIDS=""
 stop() {
 	trap - EXIT INT TERM
-	[ -n "$PIDS" ] && kill $PIDS 2>/dev/null
+	[ -n "$PIDS" ] && kill $PIDS 2>/dev/null || true # some may have stopped already (Ctrl-C reaches them too)
 	wait 2>/dev/null
 	echo "make run: stopped"
 }
