@@ -108,7 +108,8 @@ static int parse_rope(const cJSON *root, struct eng_config *c, struct sh_err *er
 	if (cJSON_IsFalse(cJSON_GetObjectItem(r, "truncate")))
 		return sh_errf(err, "config.json: rope truncate=false is not supported");
 	p->factor = num(r, "factor", 1.0);
-	p->orig_max_pos = (int)num(r, "original_max_position_embeddings", 0);
+	if (get_int(r, "original_max_position_embeddings", 0, &p->orig_max_pos, err))
+		return SH_ERR;
 	if (!strcmp(type, "default")) {
 		p->type = ENG_ROPE_DEFAULT;
 	} else if (!strcmp(type, "linear")) {
@@ -199,7 +200,7 @@ int eng_config_parse(const char *json, struct eng_config *c, struct sh_err *err)
 		goto out;
 	}
 	c->rms_eps = (float)num(root, "rms_norm_eps", 1e-6);
-	c->tie_embeddings = (int)num(root, "tie_word_embeddings", c->arch == ENG_ARCH_LLAMA ? 0 : 0);
+	c->tie_embeddings = num(root, "tie_word_embeddings", 0) != 0;
 	const cJSON *act = cJSON_GetObjectItem(root, "hidden_act");
 	if (act && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu"))) {
 		sh_errf(err, "config.json: hidden_act %s is not supported (silu)",
@@ -225,7 +226,7 @@ int eng_config_parse(const char *json, struct eng_config *c, struct sh_err *err)
 		c->qkv_bias = qwen || num(root, "attention_bias", 0);
 		c->o_bias = !qwen && num(root, "attention_bias", 0);
 		double sw = num(root, "sliding_window", 0);
-		int use_sw = qwen ? (int)num(root, "use_sliding_window", 0) : sw > 0;
+		int use_sw = qwen ? num(root, "use_sliding_window", 0) != 0 : sw > 0;
 		if (use_sw && sw < c->max_pos) {
 			sh_errf(err, "config.json: sliding_window %.0f < max_position_embeddings %d is not supported",
 				sw, c->max_pos);
