@@ -263,7 +263,9 @@ int eng_config_parse(const char *json, struct eng_config *c, struct sh_err *err)
 		    get_int(root, "n_group", 1, &c->n_group, err) || get_int(root, "topk_group", 1, &c->topk_group, err))
 			goto out;
 		(void)ql;
-		int qk = (int)num(root, "qk_head_dim", c->qk_nope_dim + c->qk_rope_dim);
+		int qk;
+		if (get_int(root, "qk_head_dim", c->qk_nope_dim + c->qk_rope_dim, &qk, err))
+			goto out;
 		if (qk != c->qk_nope_dim + c->qk_rope_dim || c->qk_rope_dim % 2 || c->moe_layer_freq < 1 ||
 		    c->n_kv_heads != c->n_heads) {
 			sh_errf(err, "config.json: inconsistent MLA sizes (qk_head_dim %d, rope %d, kv heads %d)", qk,
@@ -296,7 +298,7 @@ int eng_config_parse(const char *json, struct eng_config *c, struct sh_err *err)
 			sh_errf(err, "config.json: attention_bias is not supported for DeepseekV2");
 			goto out;
 		}
-		c->norm_topk_prob = (int)num(root, "norm_topk_prob", 0);
+		c->norm_topk_prob = num(root, "norm_topk_prob", 0) != 0;
 		c->routed_scaling = (float)num(root, "routed_scaling_factor", 1.0);
 		c->head_dim = c->qk_nope_dim + c->qk_rope_dim;
 		c->rope.dim = c->qk_rope_dim;
