@@ -63,7 +63,7 @@ LDLIBS_ENGINE = -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 
-.PHONY: all deps deps-test deps-bench test run asan fuzz clean bench-proxy bench-engine-cpu bench-engine-cuda bench-tokenizer bench-routing soak soak-asan units integ
+.PHONY: all deps deps-test deps-bench test run asan fuzz clean bench-proxy bench-engine-cpu bench-engine-cuda bench-experts bench-tokenizer bench-routing soak soak-asan units integ
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 all: $(KVGATE) $(LIBSHARED) $(if $(wildcard engine/main.c),$(ENGINE)) $(TESTBINS)
 
@@ -173,6 +173,15 @@ $(BUILD)/bench/tokenizer_bench: bench/tokenizer_bench.c $(LIBSHARED)
 bench-engine-cpu: deps-test
 	@$(MAKE) --no-print-directory all
 	@sh bench/engine_cpu.sh $(BUILD)
+
+# The experts the CUDA bench's random router touches, counted on the CPU (EXPERTS_LAYERS layers,
+# ~1.2 GB of memory each; bench/experts.c).
+bench-experts: deps-test
+	@$(MAKE) --no-print-directory $(BUILD)/bench/experts
+	@$(BUILD)/bench/experts $${EXPERTS_LAYERS:-12}
+$(BUILD)/bench/experts: bench/experts.c bench/dsv2_random.c bench/optime.c $(LIBENGINE) $(LIBSHARED)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $(filter %.c %.a,$^) $(LDLIBS) $(LDLIBS_ENGINE)
 
 # On a machine with an NVIDIA GPU and nvcc: the CUDA decode/prefill table (bench_cuda_decode), then
 # transformers on the same shape when python3 has it (bench/cuda_peer.py); notes in bench/NOTES-cuda.md.

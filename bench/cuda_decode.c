@@ -1,8 +1,10 @@
 /* cuda_decode.c: decode speed of the CUDA backend at the full DeepSeek-Coder-V2-Lite shape with
  * random bf16 weights made on the GPU (no download): for KV bf16 ("auto"), fp8 and int8, decode
  * ms/step and tokens/s at batch 1, 8, 32 with 512 and 8192 tokens of context; time to first token
- * of a 2048-token prompt; bytes one step reads (weights of the experts a uniform router touches +
- * the KV cache) over the measured device-to-device copy bandwidth (% of roofline).
+ * of a 2048-token prompt; bytes one step reads (weights of the experts its router touched, counted
+ * in an eager warm-up step, + the KV cache) over the measured device-to-device copy bandwidth (% of
+ * roofline). The model and its inputs are bench/dsv2_random.c's (bench/experts.c runs the same
+ * steps on the CPU).
  * Usage: cuda_decode [--quick | --profile B | --optime]. Prints a table; the notes are bench/NOTES-cuda.md.
  * --optime: where the time goes, op by op (bench/optime.c), for a 2048-token prefill and decode
  * steps at batch 1 and 8 (bf16 KV, 512 context), plus the bf16 matrix rate cuBLAS reaches.
@@ -17,32 +19,15 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/dsv2_random.h"
+#include "bench/optime.h"
 #include "engine/backend.h"
 #include "engine/backend/cuda.h"
 #include "engine/model.h"
 
 int bench_fill_bf16(void *p, size_t n, unsigned long long seed, float scale);
-struct eng_backend *optime_wrap(struct eng_backend *in);
-void optime_reset(struct eng_backend *be);
-void optime_print(struct eng_backend *be, const char *title, int reps);
-
-static const char *CONFIG = "{\"architectures\":[\"DeepseekV2ForCausalLM\"],\"model_type\":\"deepseek_v2\","
-	"\"vocab_size\":102400,\"hidden_size\":2048,\"intermediate_size\":10944,\"moe_intermediate_size\":1408,"
-	"\"num_hidden_layers\":27,\"num_attention_heads\":16,\"num_key_value_heads\":16,\"n_shared_experts\":2,"
-	"\"n_routed_experts\":64,\"num_experts_per_tok\":6,\"routed_scaling_factor\":1.0,\"kv_lora_rank\":512,"
-	"\"qk_nope_head_dim\":128,\"qk_rope_head_dim\":64,\"v_head_dim\":128,\"topk_method\":\"greedy\","
-	"\"n_group\":1,\"topk_group\":1,\"scoring_func\":\"softmax\",\"norm_topk_prob\":false,"
-	"\"first_k_dense_replace\":1,\"moe_layer_freq\":1,\"hidden_act\":\"silu\","
-	"\"max_position_embeddings\":163840,\"rms_norm_eps\":1e-06,\"attention_bias\":false,"
-	"\"attention_dropout\":0.0,\"tie_word_embeddings\":false,\"bos_token_id\":100000,\"eos_token_id\":100001,"
-	"\"initializer_range\":0.02,\"use_cache\":true,\"torch_dtype\":\"bfloat16\",\"q_lora_rank\":null,"
-	"\"rope_theta\":10000,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":40,"
-	"\"original_max_position_embeddings\":4096,\"beta_fast\":32,\"beta_slow\":1,\"mscale\":0.707,"
-	"\"mscale_all_dim\":0.707}}";
 
 static struct eng_backend *be;
-static unsigned long long seed = 1;
-static double wbytes; /* bytes of weights allocated */
 
 static double now(void)
 {
@@ -59,93 +44,6 @@ static void *dev(size_t bytes)
 		exit(2);
 	}
 	return p;
-}
-
-static struct eng_w W(int rows, int cols)
-{
-	void *p = dev((size_t)rows * cols * 2);
-	bench_fill_bf16(p, (size_t)rows * cols, seed++, 1.0f / sqrtf((float)cols));
-	wbytes += (double)rows * cols * 2;
-	return (struct eng_w){p, ENG_DT_BF16, rows, cols, (size_t)cols};
-}
-
-static float *ones(int n)
-{
-	float *h = malloc(sizeof(float) * n), *d = dev(sizeof(float) * n);
-	for (int i = 0; i < n; i++)
-		h[i] = 1.0f;
-	be->to_dev(be, d, h, sizeof(float) * n);
-	free(h);
-	return d;
-}
-
-static struct eng_model *build(int max_tokens)
-{
-	struct sh_err err;
-	struct eng_model *m = calloc(1, sizeof(*m));
-	if (eng_config_parse(CONFIG, &m->cfg, &err) || eng_rope_init(&m->rope, &m->cfg.rope, &err)) {
-		fprintf(stderr, "config: %s\n", err.msg);
-		exit(2);
-	}
-	const struct eng_config *c = &m->cfg;
-	m->be = be;
-	m->opts = (struct eng_model_opts){.dtype = -1, .max_tokens = max_tokens};
-	int H = c->hidden, nh = c->n_heads, dn = c->qk_nope_dim, dr = c->qk_rope_dim, dv = c->v_head_dim;
-	int R = c->kv_lora_rank, E = c->n_routed, I = c->moe_intermediate;
-	m->embed = W(c->vocab, H);
-	m->lm_head = W(c->vocab, H);
-	m->final_norm = ones(H);
-	m->layers = calloc(c->n_layers, sizeof(struct eng_layer));
-	for (int l = 0; l < c->n_layers; l++) {
-		struct eng_layer *L = &m->layers[l];
-		L->attn_norm = ones(H), L->mlp_norm = ones(H), L->kv_a_norm = ones(R);
-		L->q = W(nh * (dn + dr), H);
-		L->kv_a = W(R + dr, H);
-		L->kv_b = W(nh * (dn + dv), R);
-		L->wo = W(H, nh * dv);
-		L->uk_t = calloc(nh, sizeof(struct eng_w));
-		L->uv = calloc(nh, sizeof(struct eng_w));
-		for (int h = 0; h < nh; h++) {
-			L->uk_t[h] = W(R, dn);
-			L->uv[h] = (struct eng_w){(const uint16_t *)L->kv_b.data + ((size_t)h * (dn + dv) + dn) * R,
-						  ENG_DT_BF16, dv, R, (size_t)R};
-		}
-		L->moe = eng_config_layer_is_moe(c, l);
-		if (L->moe) {
-			L->router = W(E, H);
-			L->e_gate = calloc(E, sizeof(struct eng_w));
-			L->e_up = calloc(E, sizeof(struct eng_w));
-			L->e_down = calloc(E, sizeof(struct eng_w));
-			for (int e = 0; e < E; e++) {
-				L->e_gate[e] = W(I, H);
-				L->e_up[e] = W(I, H);
-				L->e_down[e] = W(H, I);
-			}
-			L->gate = W(I * c->n_shared, H);
-			L->up = W(I * c->n_shared, H);
-			L->down = W(H, I * c->n_shared);
-		} else {
-			L->gate = W(c->intermediate, H);
-			L->up = W(c->intermediate, H);
-			L->down = W(H, c->intermediate);
-		}
-	}
-	m->ws_floats = (size_t)max_tokens * (c->hidden + c->vocab) + eng_deepseek2_ws(c, max_tokens, 2048);
-	m->ws = dev(m->ws_floats * sizeof(float));
-	m->ws_idx = dev(sizeof(int32_t) * max_tokens * c->top_k);
-	return m;
-}
-
-/* bf16 weight bytes one decode step of B tokens reads (uniform routing), lm_head included */
-static double step_weight_bytes(const struct eng_config *c, int B)
-{
-	double H = c->hidden, nh = c->n_heads, R = c->kv_lora_rank, E = c->n_routed, I = c->moe_intermediate;
-	double attn = nh * (c->qk_nope_dim + c->qk_rope_dim) * H + (R + c->qk_rope_dim) * H +
-		      nh * R * c->qk_nope_dim * 2 + H * nh * c->v_head_dim;
-	double touched = E * (1.0 - pow(1.0 - (double)c->top_k / E, B));
-	double moe = E * H + 3.0 * I * c->n_shared * H + touched * 3.0 * I * H;
-	double dense = 3.0 * c->intermediate * H;
-	return 2.0 * (c->n_layers * attn + dense + (c->n_layers - 1) * moe + (double)c->vocab * H);
 }
 
 static double copy_bandwidth(void)
@@ -188,6 +86,17 @@ static double matrix_rate(void)
 	cublasDestroy(h);
 	be->release(be, a), be->release(be, b), be->release(be, c);
 	return 2.0 * M * N * K / best;
+}
+
+/* Mean routed experts a MoE layer touched in the step counted through the wrapper. */
+static double mean_touched(struct eng_backend *counter)
+{
+	const int *t;
+	int n = optime_experts(counter, &t);
+	double sum = 0;
+	for (int i = 0; i < n; i++)
+		sum += t[i];
+	return n ? sum / n : 0;
 }
 
 /* --optime: op-by-op time of a 2048-token prefill and of decode steps at batch 1 and 8 */
@@ -276,16 +185,21 @@ int main(int argc, char **argv)
 	double mrate = matrix_rate();
 	printf("device: %s; device-to-device copy %.0f GB/s; bf16 matrix rate (cuBLAS 8192^3) %.0f TFLOP/s\n", desc,
 	       bw / 1e9, mrate / 1e12);
-	double t0 = now();
-	struct eng_model *m = build(2048);
+	double t0 = now(), wbytes;
+	struct eng_model *m = dsv2_build(be, bench_fill_bf16, 0, 2048, &wbytes);
 	const struct eng_config *c = &m->cfg;
 	size_t fr, tot;
 	int uni;
 	eng_cuda_mem_info(be, &fr, &tot, &uni, &err);
 	printf("weights %.2f GB (random bf16, made in %.1f s); workspace %.2f GB; device free %.1f of %.1f GB\n",
 	       wbytes / 1e9, now() - t0, m->ws_floats * 4e-9, fr / 1e9, tot / 1e9);
-	printf("bf16 weight bytes per decode step: batch 1 %.2f GB, 8 %.2f GB, 32 %.2f GB (lm_head included)\n",
-	       step_weight_bytes(c, 1) / 1e9, step_weight_bytes(c, 8) / 1e9, step_weight_bytes(c, 32) / 1e9);
+	printf("bf16 weight bytes per decode step with uniform routing: batch 1 %.2f GB, 8 %.2f GB (%.1f experts a "
+	       "layer), 32 %.2f GB (%.1f; lm_head included)\n",
+	       dsv2_step_weight_bytes(c, dsv2_uniform_touched(c, 1)) / 1e9,
+	       dsv2_step_weight_bytes(c, dsv2_uniform_touched(c, 8)) / 1e9, dsv2_uniform_touched(c, 8),
+	       dsv2_step_weight_bytes(c, dsv2_uniform_touched(c, 32)) / 1e9, dsv2_uniform_touched(c, 32));
+	printf("GB/step below: with the experts the step's router really touched (\"experts\": their mean a MoE "
+	       "layer, counted in the first warm-up step)\n");
 
 	if (optime)
 		return run_optime(m);
@@ -295,8 +209,9 @@ int main(int argc, char **argv)
 	int Bs[3] = {1, 8, 32}, ctxs[2] = {512, 8192}, steps = quick ? 5 : 12, warm = 2;
 	int maxB = 32, maxctx = 8192 + 64;
 	float *logits = malloc(sizeof(float) * (size_t)maxB * c->vocab);
-	printf("\n%-5s %5s %6s %10s %10s %9s %9s %7s\n", "kv", "batch", "ctx", "ms/step", "tokens/s", "GB/step", "GB/s",
-	       "%copy");
+	printf("\n%-5s %5s %6s %10s %10s %8s %9s %9s %7s\n", "kv", "batch", "ctx", "ms/step", "tokens/s", "experts",
+	       "GB/step", "GB/s", "%copy");
+	struct eng_backend *counter = optime_wrap(be);
 	/* graphs_off: the bf16 rows at 512 once more with every op launched one by one (the version
 	 * before recorded steps), for the before/after on the same machine and weights */
 	for (int pass = 0; pass < 4; pass++) {
@@ -312,27 +227,13 @@ int main(int argc, char **argv)
 		}
 		struct eng_kv_seq *seqs = calloc(maxB, sizeof(*seqs));
 		struct eng_kv_seq **sp = calloc(maxB, sizeof(void *));
-		/* fill every sequence's first 8192 positions with random rows through kv_write */
-		int chunk = 512, E = shape.row_elems;
-		float *rows_h = malloc(sizeof(float) * chunk * E), *rows_d = dev(sizeof(float) * chunk * E);
-		for (int i = 0; i < chunk * E; i++)
-			rows_h[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-		be->to_dev(be, rows_d, rows_h, sizeof(float) * chunk * E);
-		int32_t pos[512], si[512];
-		for (int s = 0; s < maxB; s++) {
-			eng_kv_seq_init(&seqs[s]);
+		for (int s = 0; s < maxB; s++)
 			sp[s] = &seqs[s];
-			if (eng_kv_seq_prepare(kv, &seqs[s], 0, 8192, &err))
-				return 2;
+		/* every sequence's first 8192 positions: the pattern rows, through kv_write */
+		if (dsv2_fill_kv(be, kv, m, sp, prof ? prof : maxB, maxB, prof ? 512 : 8192, &err)) {
+			fprintf(stderr, "kv: %s\n", err.msg);
+			return 2;
 		}
-		for (int s = 0; s < (prof ? prof : maxB); s++)
-			for (int p0 = 0; p0 < (prof ? 512 : 8192); p0 += chunk) {
-				for (int i = 0; i < chunk; i++)
-					pos[i] = p0 + i, si[i] = s;
-				struct eng_batch b = {chunk, NULL, pos, si, sp, maxB, NULL};
-				for (int l = 0; l < c->n_layers; l++)
-					be->kv_write(be, kv, l, &b, rows_d + (l % 7) * 16, E);
-			}
 		for (int bi = 0; bi < 3; bi++)
 			for (int ci = 0; ci < (graphs_off ? 1 : 2); ci++) {
 				int B = Bs[bi], ctx = ctxs[ci];
@@ -342,10 +243,10 @@ int main(int argc, char **argv)
 					B = prof;
 				int32_t ids[32], ps[32], sx[32];
 				uint8_t want[32];
-				double tt = 0;
+				double tt = 0, touched = 0;
 				for (int st = 0; st < warm + steps; st++) {
 					for (int s = 0; s < B; s++) {
-						ids[s] = (int32_t)((s * 7919 + st * 104729) % c->vocab);
+						ids[s] = dsv2_token(c, s, st);
 						ps[s] = ctx + st, sx[s] = s, want[s] = 1;
 						if (eng_kv_seq_prepare(kv, &seqs[s], ps[s], 1, &err))
 							return 2;
@@ -354,10 +255,16 @@ int main(int argc, char **argv)
 					double t1 = now();
 					if (prof && st == warm)
 						cudaProfilerStart();
-					if (eng_model_forward(m, kv, &b, logits, &err)) {
+					if (st == 0 && !prof) /* the first warm-up step counts the experts, eagerly */
+						optime_reset(counter), m->be = counter;
+					int rc = eng_model_forward(m, kv, &b, logits, &err);
+					m->be = be;
+					if (rc) {
 						fprintf(stderr, "forward: %s\n", err.msg);
 						return 2;
 					}
+					if (st == 0 && !prof)
+						touched = mean_touched(counter);
 					if (prof && st == warm) {
 						cudaProfilerStop();
 						printf("profiled one step at batch %d\n", B);
@@ -370,9 +277,9 @@ int main(int argc, char **argv)
 				}
 				double ms = tt / steps * 1e3;
 				double kvb = (double)B * (ctx + warm + steps / 2) * c->n_layers * eng_kv_bytes_per_token_layer(kv);
-				double by = step_weight_bytes(c, B) + kvb;
-				printf("%-5s %5d %6d %10.2f %10.1f %9.2f %9.0f %6.1f%%%s\n", eng_kv_fmt_name(fmts[fi]), B, ctx, ms,
-				       B / (ms * 1e-3), by / 1e9, by / (ms * 1e-3) / 1e9, 100.0 * by / (ms * 1e-3) / bw,
+				double by = dsv2_step_weight_bytes(c, touched) + kvb;
+				printf("%-5s %5d %6d %10.2f %10.1f %8.1f %9.2f %9.0f %6.1f%%%s\n", eng_kv_fmt_name(fmts[fi]), B, ctx,
+				       ms, B / (ms * 1e-3), touched, by / 1e9, by / (ms * 1e-3) / 1e9, 100.0 * by / (ms * 1e-3) / bw,
 				       graphs_off ? "  (no graphs)" : "");
 				fflush(stdout);
 			}
@@ -400,7 +307,7 @@ int main(int argc, char **argv)
 			}
 			/* matrix work: 2 * tokens * active parameters (6 routed experts each), plus causal
 			 * attention (q.k over qk_nope + qk_rope, p.v over v_head_dim, half the n x n square) */
-			double act = step_weight_bytes(c, 1) / 2 - (double)c->vocab * c->hidden;
+			double act = dsv2_step_weight_bytes(c, c->top_k) / 2 - (double)c->vocab * c->hidden;
 			double att = (double)c->n_layers * c->n_heads * n * (double)n *
 				     (c->qk_nope_dim + c->qk_rope_dim + c->v_head_dim);
 			double tf = (2.0 * n * act + att) / best;
@@ -409,10 +316,10 @@ int main(int argc, char **argv)
 			       eng_kv_fmt_name(fmts[fi]), best * 1e3, tf / 1e12, 100.0 * tf / mrate);
 			free(tid), free(tp), free(ts);
 		}
-		be->release(be, rows_d);
-		free(rows_h), free(seqs), free(sp);
+		free(seqs), free(sp);
 		eng_kv_free(kv);
 	}
+	counter->free(counter);
 	long rep, rec, eag;
 	eng_cuda_step_stats(be, &rep, &rec, &eag);
 	printf("steps: %ld replayed, %ld recorded, %ld eager\n", rep, rec, eag);

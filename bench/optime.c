@@ -4,13 +4,15 @@
  * where a step's time goes (for a 2048-token prefill, whose ops take milliseconds, they are close
  * to the real split); recorded steps are off through the wrapper (no step_begin).
  *   struct eng_backend *t = optime_wrap(be); m->be = t; ...forward...; optime_print(t, "title");
- *   optime_reset(t); */
+ *   optime_reset(t);
+ * It also counts the routed experts each MoE call touches (optime_experts): the distinct ids the
+ * router gave its tokens. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "engine/backend.h"
+#include "bench/optime.h"
 
 enum { OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_SILU, OP_ADD, OP_COPY2D, OP_ZERO, OP_KVW, OP_KVG, OP_GQA,
        OP_MLA, OP_DENSE, OP_ROUTE, OP_MOE, OP_HEADS, OP_MM2, OP_ADDN, OP_GLU, OP_ROUTER, OP_NMM2, OP_MOESH,
@@ -21,12 +23,15 @@ static const char *op_names[OP_N] = {"embed", "matmul", "rmsnorm", "rope", "silu
 				     "moe_ffn", "matmul_heads", "matmul2", "add_rmsnorm", "glu", "moe_router",
 				     "norm_matmul2", "moe_ffn_shared", "mla_prep"};
 
+#define OT_MAXMOE 256
+
 struct optime {
 	struct eng_backend be; /* first: the wrapper is an eng_backend */
 	struct eng_backend *in;
 	void *probe;
 	double t[OP_N], t0;
 	long calls[OP_N];
+	int nmoe, touched[OT_MAXMOE]; /* MoE calls since the reset, experts each touched */
 };
 
 #define OT(be) ((struct optime *)(be))
@@ -146,10 +151,28 @@ static void ot_route(struct eng_backend *be, const float *lg, int n, const struc
 {
 	TIMED(OP_ROUTE, moe_route(IN(be), lg, n, r, idx, wt));
 }
+/* The distinct experts among the n * K ids of one MoE call (device memory; ot_end waited for it). */
+static void ot_count(struct eng_backend *be, const int32_t *idx, int n, int K, int E)
+{
+	struct optime *o = OT(be);
+	if (o->nmoe >= OT_MAXMOE)
+		return;
+	int32_t *h = malloc(sizeof(int32_t) * n * K);
+	uint8_t *seen = calloc(E, 1);
+	int d = 0;
+	o->in->to_host(o->in, h, idx, sizeof(int32_t) * n * K);
+	for (int i = 0; i < n * K; i++)
+		if (h[i] >= 0 && h[i] < E && !seen[h[i]])
+			seen[h[i]] = 1, d++;
+	o->touched[o->nmoe++] = d;
+	free(h), free(seen);
+}
+
 static void ot_moe(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt, int K,
 		   int E, const struct eng_w *g, const struct eng_w *u, const struct eng_w *d, float *out, float *scr)
 {
 	TIMED(OP_MOE, moe_ffn(IN(be), x, n, dim, idx, wt, K, E, g, u, d, out, scr));
+	ot_count(be, idx, n, K, E);
 }
 static void ot_heads(struct eng_backend *be, const float *x, int ldx, int hx, int n, int nh, const struct eng_w *w,
 		     float *y, int ldy, int hy)
@@ -192,6 +215,7 @@ static void ot_moesh(struct eng_backend *be, const float *x, int n, int dim, con
 		     const struct eng_w *sh, float *sg, float *su, float *out, float *scr)
 {
 	TIMED(OP_MOESH, moe_ffn_shared(IN(be), x, n, dim, idx, wt, K, E, g, u, d, sh, sg, su, out, scr));
+	ot_count(be, idx, n, K, E);
 }
 
 static void ot_prep(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, float *q, int nh,
@@ -229,6 +253,13 @@ void optime_reset(struct eng_backend *be)
 {
 	memset(OT(be)->t, 0, sizeof(OT(be)->t));
 	memset(OT(be)->calls, 0, sizeof(OT(be)->calls));
+	OT(be)->nmoe = 0;
+}
+
+int optime_experts(struct eng_backend *be, const int **touched)
+{
+	*touched = OT(be)->touched;
+	return OT(be)->nmoe;
 }
 
 /* One table: op, calls, total ms, us per call, share; ops sorted by total. */
