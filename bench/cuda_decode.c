@@ -5,7 +5,10 @@
  * in an eager warm-up step, + the KV cache) over the measured device-to-device copy bandwidth (% of
  * roofline). The model and its inputs are bench/dsv2_random.c's (bench/experts.c runs the same
  * steps on the CPU).
- * Usage: cuda_decode [--quick | --profile B | --optime]. Prints a table; the notes are bench/NOTES-cuda.md.
+ * Usage: cuda_decode [--quick | --profile B | --optime | --timeline]. Prints a table; the notes are
+ * bench/NOTES-cuda.md.
+ * --timeline: decode steps at batch 1 and 8 (bf16 KV, 512 context) as they run, recorded and
+ * replayed, through CUPTI: each kernel's share of the step (bench/cuda_timeline.c).
  * --optime: where the time goes, op by op (bench/optime.c), for a 2048-token prefill and decode
  * steps at batch 1 and 8 (bf16 KV, 512 context), plus the bf16 matrix rate cuBLAS reaches.
  * --profile B: bf16 KV, batch B at 512 context only, one step after the warm-up between
@@ -19,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/cuda_timeline.h"
 #include "bench/dsv2_random.h"
 #include "bench/optime.h"
 #include "engine/backend.h"
@@ -167,11 +171,72 @@ static int run_optime(struct eng_model *m)
 	return 0;
 }
 
+/* --timeline: steps at batch 1 and 8 as the bench runs them, kernel by kernel (cuda_timeline.c) */
+static int run_timeline(struct eng_model *m)
+{
+	struct sh_err err;
+	struct eng_kv_shape shape;
+	eng_model_kv_shape(m, &shape);
+	const struct eng_config *c = &m->cfg;
+	int maxB = 8, warm = 3, steps = 5, ctx = 512;
+	struct eng_kv *kv = eng_kv_new(be, ENG_KV_BF16, &shape, maxB * ((ctx + warm + steps) / 16 + 2) + 8, &err);
+	struct eng_kv_seq seqs[8], *sp[8];
+	for (int s = 0; s < maxB; s++)
+		sp[s] = &seqs[s];
+	if (!kv || dsv2_fill_kv(be, kv, m, sp, maxB, maxB, ctx, &err)) {
+		fprintf(stderr, "kv: %s\n", err.msg);
+		return 2;
+	}
+	float *logits = malloc(sizeof(float) * maxB * c->vocab);
+	int Bs[2] = {1, 8};
+	for (int bi = 0; bi < 2; bi++) {
+		int B = Bs[bi];
+		int32_t ids[8], ps[8], sx[8];
+		uint8_t want[8];
+		for (int st = 0; st < warm + steps; st++) {
+			for (int s = 0; s < B; s++) {
+				ids[s] = dsv2_token(c, s, st), ps[s] = ctx + st, sx[s] = s, want[s] = 1;
+				if (eng_kv_seq_prepare(kv, &seqs[s], ps[s], 1, &err)) {
+					fprintf(stderr, "kv: %s\n", err.msg);
+					return 2;
+				}
+			}
+			struct eng_batch b = {B, ids, ps, sx, sp, maxB, want};
+			if (st == warm && tl_start(&err)) {
+				fprintf(stderr, "timeline: %s\n", err.msg);
+				return 2;
+			}
+			if (st >= warm)
+				tl_mark();
+			if (eng_model_forward(m, kv, &b, logits, &err)) { /* returns with the logits on the host */
+				fprintf(stderr, "forward: %s\n", err.msg);
+				return 2;
+			}
+			if (st >= warm)
+				tl_mark();
+		}
+		char title[96];
+		snprintf(title, sizeof(title), "decode step, batch %d, %d context, bf16 KV%s", B, ctx,
+			 getenv("KVGATE_CUDA_FUSE") ? ", KVGATE_CUDA_FUSE set" : "");
+		if (tl_print(title, &err)) {
+			fprintf(stderr, "timeline: %s\n", err.msg);
+			return 2;
+		}
+	}
+	long rep, rec, eag;
+	eng_cuda_step_stats(be, &rep, &rec, &eag);
+	printf("steps: %ld replayed, %ld recorded, %ld eager\n", rep, rec, eag);
+	free(logits);
+	eng_kv_free(kv);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int quick = argc > 1 && !strcmp(argv[1], "--quick");
 	int prof = argc > 2 && !strcmp(argv[1], "--profile") ? atoi(argv[2]) : 0;
 	int optime = argc > 1 && !strcmp(argv[1], "--optime");
+	int timeline = argc > 1 && !strcmp(argv[1], "--timeline");
 	quick |= prof > 0;
 	struct sh_err err;
 	be = eng_cuda_new(0, &err);
@@ -203,6 +268,8 @@ int main(int argc, char **argv)
 
 	if (optime)
 		return run_optime(m);
+	if (timeline)
+		return run_timeline(m);
 	struct eng_kv_shape shape;
 	eng_model_kv_shape(m, &shape);
 	int fmts[3] = {ENG_KV_BF16, ENG_KV_FP8, ENG_KV_INT8};

@@ -15,7 +15,10 @@ LIBS="build/lib/libkvengine.a build/lib/libkvshared.a -L$CUDA_HOME/lib64 -lcudar
 	-gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80 -c -o build/obj/bench/cuda_fill.o bench/cuda_fill.cu
 cc $CF -o "$OUTDIR/test_cuda_ops" tests/cuda/test_cuda_ops.c $LIBS
 cc $CF -o "$OUTDIR/test_cuda_golden" tests/cuda/test_cuda_golden.c $LIBS
-cc $CF -o "$OUTDIR/bench_cuda_decode" bench/cuda_decode.c bench/dsv2_random.c bench/optime.c build/obj/bench/cuda_fill.o $LIBS
-# libcjson is not on the GPU machine's image: it travels beside the programs
+cc $CF -o "$OUTDIR/bench_cuda_decode" bench/cuda_decode.c bench/cuda_timeline.c bench/dsv2_random.c bench/optime.c \
+	build/obj/bench/cuda_fill.o $LIBS -lcupti
+# libcjson is not on the GPU machine's image, and CUPTI (the bench's --timeline) may not be: they
+# travel beside the programs
 cp -L "$(ldd "$OUTDIR/test_cuda_ops" | awk '/libcjson/ {print $3}')" "$OUTDIR/lib/"
+cp -L "$CUDA_HOME/lib64/libcupti.so.13" "$OUTDIR/lib/"
 ls -la "$OUTDIR" "$OUTDIR/lib"

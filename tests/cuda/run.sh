@@ -3,11 +3,13 @@
 # build/cuda-carry here and it travelled: the op-by-op harness, the golden models on CUDA, the
 # decode bench, then compute-sanitizer (memcheck) over the quick harness. Logs go to $LOG
 # (default $OUT, else /tmp). Exit status: non-zero if a check failed.
-#   sh tests/cuda/run.sh [ops|golden|bench|sanitize|optime|goldenfuse|benchfuse ...]
+#   sh tests/cuda/run.sh [ops|golden|bench|sanitize|optime|goldenfuse|benchfuse|timeline ...]
 #   (default: ops golden goldenfuse bench benchfuse sanitize)
 # optime: where a prefill's and a decode step's time goes, op by op (bench_cuda_decode --optime).
 # goldenfuse, benchfuse: the golden models and the quick bench with KVGATE_CUDA_FUSE=1 (the fused
 # decode ops, off by default until measured faster; compare with bench's rows of the same call).
+# timeline: decode steps at batch 1 and 8 as they run (graphs, PDL), kernel by kernel through CUPTI,
+# default path then fused (bench_cuda_decode --timeline).
 D=build/cuda-carry
 LOG=${LOG:-${OUT:-/tmp}}
 mkdir -p "$LOG"
@@ -28,6 +30,8 @@ for w in $what; do
 		tail -3 "$LOG/golden-fuse.log" ;;
 	benchfuse) KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --quick >"$LOG/bench-fuse.log" 2>&1; s=$?
 		cat "$LOG/bench-fuse.log" ;;
+	timeline) { "$D/bench_cuda_decode" --timeline && KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --timeline; } \
+		>"$LOG/timeline.log" 2>&1; s=$?; cat "$LOG/timeline.log" ;;
 	sanitize) timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$D/test_cuda_ops" --quick \
 		>"$LOG/sanitize.log" 2>&1; s=$?; tail -5 "$LOG/sanitize.log" ;;
 	esac
