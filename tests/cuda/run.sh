@@ -8,6 +8,8 @@
 # optime: where a prefill's and a decode step's time goes, op by op (bench_cuda_decode --optime).
 # goldenfuse, benchfuse: the golden models and the quick bench with KVGATE_CUDA_FUSE=1 (the fused
 # decode ops, off by default until measured faster; compare with bench's rows of the same call).
+# ab: the quick bench's bf16 rows under each setting of the fused path (AB_SETTINGS: a list of
+# space-free env assignments joined by ",", ";" between settings), for the defaults.
 # timeline: decode steps at batch 1 and 8 as they run (graphs, PDL), kernel by kernel through CUPTI,
 # default path then fused (bench_cuda_decode --timeline).
 D=build/cuda-carry
@@ -30,6 +32,13 @@ for w in $what; do
 		tail -3 "$LOG/golden-fuse.log" ;;
 	benchfuse) KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --quick >"$LOG/bench-fuse.log" 2>&1; s=$?
 		cat "$LOG/bench-fuse.log" ;;
+	ab) : >"$LOG/ab.log"; s=0
+		echo "${AB_SETTINGS:-;KVGATE_CUDA_FUSE=1;KVGATE_CUDA_FUSE=1,KVGATE_CUDA_DOWN1=0;KVGATE_CUDA_FUSE=1,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1}" |
+			tr ';' '\n' | while read -r v; do
+			echo "== ${v:-defaults}" | tee -a "$LOG/ab.log"
+			env $(echo "$v" | tr ',' ' ') "$D/bench_cuda_decode" --quick 2>&1 | grep -E '^(bf16|steps|forward|kv)' |
+				tee -a "$LOG/ab.log"
+		done ;;
 	timeline) { "$D/bench_cuda_decode" --timeline && KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --timeline; } \
 		>"$LOG/timeline.log" 2>&1; s=$?; cat "$LOG/timeline.log" ;;
 	sanitize) timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$D/test_cuda_ops" --quick \

@@ -16,6 +16,7 @@
 
 static struct eng_backend *cpu, *gpu;
 static struct eng_backend *gpuf; /* the same device with KVGATE_CUDA_FUSE=1: the fused decode ops */
+static struct eng_backend *gpud; /* and with KVGATE_CUDA_DOWN1=0 too: one token's MoE down per expert */
 static int fails, checks;
 static double copy_bw; /* bytes/s, read + write */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -959,7 +960,7 @@ static void moe_go(void *p)
 {
 	struct moe_run *r = p;
 	if (r->sh)
-		gpuf->moe_ffn_shared(gpuf, r->x->d, r->n, r->dim, r->idx->d, r->wt->d, r->K, r->E, r->g, r->u, r->d,
+		r->be->moe_ffn_shared(r->be, r->x->d, r->n, r->dim, r->idx->d, r->wt->d, r->K, r->E, r->g, r->u, r->d,
 				    r->sh->d, r->sh->g.d, r->sh->u.d, r->out->d, NULL);
 	else
 		r->be->moe_ffn(r->be, r->x->d, r->n, r->dim, r->idx->d, r->wt->d, r->K, r->E, r->g, r->u, r->d, r->out->d,
@@ -968,10 +969,11 @@ static void moe_go(void *p)
 
 /* skew: token i takes experts 0, 1 + i % 2, 3 + i % 4, ..., 31 + i % 32 (counts n, n/2, ... n/32:
  * too uneven for the padded prefill's four buckets, so the per-expert path runs) */
-/* shared: with the shared experts (moe_ffn_shared, fused only); fused: the KVGATE_CUDA_FUSE=1 backend */
+/* shared: with the shared experts (moe_ffn_shared, fused only); fused: 1 the KVGATE_CUDA_FUSE=1
+ * backend, 2 that with KVGATE_CUDA_DOWN1=0 (one token's down per expert, then the combine) */
 static void check_moe(int n, int timed, int skew, int shared, int fused)
 {
-	struct eng_backend *be = fused || shared ? gpuf : gpu;
+	struct eng_backend *be = fused == 2 ? gpud : fused || shared ? gpuf : gpu;
 	int E = 64, K = 6, dim = 2048, I = 1408;
 	size_t per = (size_t)I * dim;
 	float *wf = rand_f32(per * 3 * E / 16, 0.03f); /* 16 distinct experts' data, reused */
@@ -1027,7 +1029,7 @@ static void check_moe(int n, int timed, int skew, int shared, int fused)
 	}
 	cpu->moe_ffn(cpu, X.h, nc, dim, Ix.h, Wt.h, K, E, gh, uh, dh, O.h, scr);
 	if (shared)
-		gpuf->moe_ffn_shared(gpuf, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, sh.d, sh.g.d, sh.u.d, O.d, NULL);
+		be->moe_ffn_shared(be, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, sh.d, sh.g.d, sh.u.d, O.d, NULL);
 	else
 		be->moe_ffn(be, X.d, n, dim, Ix.d, Wt.d, K, E, gd, ud, dd, O.d, NULL);
 	double e = nmse_of(O.h, O.d, (size_t)nc * dim);
@@ -1040,8 +1042,8 @@ static void check_moe(int n, int timed, int skew, int shared, int fused)
 	if (nc < n)
 		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d exp, %d chk)", n, nt, nc);
 	else
-		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d experts%s%s%s)", n, nt, skew ? ", skewed" : "",
-			 shared ? ", + shared" : "", fused && !shared ? ", fused" : "");
+		snprintf(w, sizeof(w), "bf16 64x(1408,2048) top-6 n=%d (%d experts%s%s%s%s)", n, nt, skew ? ", skewed" : "",
+			 shared ? ", + shared" : "", fused && !shared ? ", fused" : "", fused == 2 ? ", per-expert down" : "");
 	/* fast mode rounds activations to bf16 at every expert matmul (tensor cores, decode and prefill) */
 	report("moe_ffn", w, e, 3e-5, us, (double)nt * per * 3 * 2);
 	cpu->release(cpu, scr);
@@ -1064,8 +1066,11 @@ int main(int argc, char **argv)
 	}
 	setenv("KVGATE_CUDA_FUSE", "1", 1);
 	gpuf = eng_cuda_new(0, &err);
+	setenv("KVGATE_CUDA_DOWN1", "0", 1);
+	gpud = gpuf ? eng_cuda_new(0, &err) : NULL;
 	unsetenv("KVGATE_CUDA_FUSE");
-	if (!gpuf) {
+	unsetenv("KVGATE_CUDA_DOWN1");
+	if (!gpuf || !gpud) {
 		fprintf(stderr, "no second CUDA backend: %s\n", err.msg);
 		return 1;
 	}
@@ -1168,11 +1173,13 @@ int main(int argc, char **argv)
 	check_moe(40, 1, 0, 0, 0);
 	check_moe(300, 1, 0, 0, 0); /* prefill: padded batched GEMMs */
 	check_moe(300, 0, 1, 0, 0); /* prefill: one cu_matmul an expert */
-	check_moe(1, 1, 0, 0, 1);   /* fused: gate/up + silu, then down + the combine */
+	check_moe(1, 1, 0, 0, 1);   /* fused: gate/up + silu (times the weights at n = 1), then down */
+	check_moe(1, 1, 0, 0, 2);   /* n = 1, the down per expert + the combine */
 	check_moe(2, 0, 0, 0, 1);
 	check_moe(8, 1, 0, 0, 1);
 	check_moe(32, 0, 0, 0, 1);
 	check_moe(1, 1, 0, 1, 1);   /* + the shared experts, in the same launches */
+	check_moe(1, 1, 0, 1, 2);
 	check_moe(5, 0, 0, 1, 1);
 	check_moe(8, 1, 0, 1, 1);
 	check_moe(40, 0, 0, 1, 1);  /* prefill: the shared experts apart */
@@ -1180,6 +1187,7 @@ int main(int argc, char **argv)
 		check_moe(2048, 1, 0, 0, 0); /* a 2048-token prefill at DeepSeek-Coder-V2-Lite's shape, timed */
 	printf("%d of %d checks failed\n", fails, checks);
 	gpuf->free(gpuf);
+	gpud->free(gpud);
 	gpu->free(gpu);
 	cpu->free(cpu);
 	return fails;

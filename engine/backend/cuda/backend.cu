@@ -414,6 +414,8 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 		 fa.ptxVersion >= 90;
 	const char *fu = getenv("KVGATE_CUDA_FUSE");
 	c->fuse = fu && *fu == '1';
+	const char *d1 = getenv("KVGATE_CUDA_DOWN1");
+	c->down1 = !(d1 && *d1 == '0');
 	const char *gr = getenv("KVGATE_CUDA_GRAPHS");
 	c->step.disabled = gr && *gr == '0';
 

@@ -107,6 +107,8 @@ struct cu {
 	int pdl;                /* programmatic dependent launch (sm_90+; KVGATE_CUDA_PDL=0 turns it off) */
 	int fuse;               /* KVGATE_CUDA_FUSE=1: the fused decode ops (glu, moe_router, norm_matmul2,
 				 * moe_ffn_shared, mla_prep, the two-launch MoE decode); see backend.cu */
+	int down1;              /* with fuse, one token's MoE down as one GEMV over all its experts
+				 * (moe_down1_kernel; KVGATE_CUDA_DOWN1=0: the per-expert blocks) */
 	struct cu_upload up[CU_UP_N];
 	void *scratch[CU_SCR_N]; /* workspaces, grown on demand (see cu_scratch) */
 	size_t scratch_bytes[CU_SCR_N];

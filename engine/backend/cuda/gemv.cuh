@@ -88,27 +88,28 @@ __device__ __forceinline__ void gemv_warp(const T *w, size_t ld, int row0, int r
 #define MMA_WARPS 8
 #define MMA_U 4
 
-/* Rows row0 .. row0 + 15 of NM matrices of one shape (w[m], row stride ld) times 8 tokens, one
- * block of MMA_WARPS warps, U chunks of each in flight a lane; lane (g, t4)'s xg is its token g's
- * activations (the caller clamps g to its last token). Warp 0 returns 1 with v[m][j] = row
- * (row0 + g + 8 * (j >= 2)) of w[m] . token (2 * t4 + (j & 1)); the other warps return 0.
+/* Rows row0 .. row0 + 15 of NM matrices of one shape (w[m], row stride ld) times 8 tokens, NW warps
+ * of a block splitting the columns, U chunks of each in flight a lane; lane (g, t4)'s xg is its
+ * token g's activations (the caller clamps g to its last token). gemv_mma_acc adds this warp's part
+ * to c (so several matrices of one output can run into the same c: the MoE down at one token);
+ * gemv_mma_red sums the warps' c: warp 0 returns 1 with v[m][j] = row (row0 + g + 8 * (j >= 2)) of
+ * w[m] . token (2 * t4 + (j & 1)); the other warps return 0. gemv_mma_tile is the two.
  * NM = 2 is gate and up of one expert: both read with one load of the activations. */
-template <int NM, int U, bool XB = false>
-__device__ __forceinline__ int gemv_mma_tile(const uint16_t *const (&w)[NM], size_t ld, int row0, int rows, int cols,
-					     const void *xg, float (*red)[32][4 * NM], float (&v)[NM][4])
+template <int NM, int U, bool XB = false, int NW = MMA_WARPS>
+__device__ __forceinline__ void gemv_mma_acc(const uint16_t *const (&w)[NM], size_t ld, int row0, int rows, int cols,
+					     const void *xg, float (&c)[NM][4])
 {
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
 	size_t oa = (size_t)min(row0 + g, rows - 1) * ld + 8 * t4, ob = (size_t)min(row0 + g + 8, rows - 1) * ld + 8 * t4;
 	const float *xr = (const float *)xg + 8 * t4;    /* fp32 activations (global) */
 	const uint16_t *xb = (const uint16_t *)xg + 8 * t4; /* XB: bf16 ones (gemv_prenorm's, shared) */
-	float c[NM][4] = {};
 	int nch = cols / 32;
-	for (int c0 = warp; c0 < nch; c0 += MMA_WARPS * U) {
+	for (int c0 = warp; c0 < nch; c0 += NW * U) {
 		uint4 A[NM][U], B[NM][U];
 		float4 X0[U], X1[U];
 #pragma unroll
 		for (int u = 0; u < U; u++) {
-			int ch = c0 + u * MMA_WARPS;
+			int ch = c0 + u * NW;
 			if (ch < nch) {
 #pragma unroll
 				for (int m = 0; m < NM; m++) {
@@ -127,7 +128,7 @@ __device__ __forceinline__ int gemv_mma_tile(const uint16_t *const (&w)[NM], siz
 		}
 #pragma unroll
 		for (int u = 0; u < U; u++) {
-			if (c0 + u * MMA_WARPS < nch) {
+			if (c0 + u * NW < nch) {
 				uint32_t x0, x1, x2, x3;
 				if constexpr (XB) { /* already packed: 8 bf16, two a register */
 					x0 = __float_as_uint(X0[u].x), x1 = __float_as_uint(X0[u].y);
@@ -144,6 +145,12 @@ __device__ __forceinline__ int gemv_mma_tile(const uint16_t *const (&w)[NM], siz
 			}
 		}
 	}
+}
+
+template <int NM, int NW = MMA_WARPS>
+__device__ __forceinline__ int gemv_mma_red(const float (&c)[NM][4], float (*red)[32][4 * NM], float (&v)[NM][4])
+{
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
 	for (int m = 0; m < NM; m++)
 #pragma unroll
@@ -158,11 +165,20 @@ __device__ __forceinline__ int gemv_mma_tile(const uint16_t *const (&w)[NM], siz
 		for (int j = 0; j < 4; j++) {
 			float s = 0.0f;
 #pragma unroll
-			for (int k = 0; k < MMA_WARPS; k++)
+			for (int k = 0; k < NW; k++)
 				s += red[k][lane][4 * m + j];
 			v[m][j] = s;
 		}
 	return 1;
+}
+
+template <int NM, int U, bool XB = false>
+__device__ __forceinline__ int gemv_mma_tile(const uint16_t *const (&w)[NM], size_t ld, int row0, int rows, int cols,
+					     const void *xg, float (*red)[32][4 * NM], float (&v)[NM][4])
+{
+	float c[NM][4] = {};
+	gemv_mma_acc<NM, U, XB>(w, ld, row0, rows, cols, xg, c);
+	return gemv_mma_red<NM>(c, red, v);
 }
 
 /* One matrix: v[j] as gemv_mma_tile's v[0][j]. */

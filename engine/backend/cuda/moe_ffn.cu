@@ -224,10 +224,11 @@ __device__ __forceinline__ int moe_tok(const moe_src &s, int K, int r)
 }
 
 /* grid (16-row tiles of inter, zs expert slots + the shared experts' tiles, gridDim.x a row):
- * h (slots, inter) = silu(x . gate^T) * (x . up^T); the shared experts' into sh.h */
+ * h (slots, inter) = silu(x . gate^T) * (x . up^T); the shared experts' into sh.h. wt (one token
+ * only, for moe_down1_kernel): the routed slots' rows times their routing weight. */
 __global__ void __launch_bounds__(MMA_WARPS * 32)
 moe_gu_mma_kernel(const void *const *tab, int E, int inter, int dim, size_t ld, const float *x, int K, moe_src s,
-		  int zs, int n, moe_sh sh, float *h)
+		  int zs, int n, moe_sh sh, float *h, const float *wt)
 {
 	__shared__ float red[MMA_WARPS][32][8];
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
@@ -260,7 +261,8 @@ moe_gu_mma_kernel(const void *const *tab, int E, int inter, int dim, size_t ld, 
 			for (int j = 0; j < 4; j++) {
 				int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
 				if (row < rows && tok < nt)
-					out[(size_t)(beg + c0 + tok) * rows + row] = gemv_silu_mul(v[0][j], v[1][j]);
+					out[(size_t)(beg + c0 + tok) * rows + row] =
+						gemv_silu_mul(v[0][j], v[1][j]) * (wt && !shb ? wt[beg + c0 + tok] : 1.0f);
 			}
 		__syncthreads(); /* red is reused by the next 8 tokens */
 	}
@@ -326,6 +328,79 @@ moe_down_mma_kernel(const void *const *tab, int E, int dim, int inter, size_t ld
 					acc += wv[u] * yv[u];
 		}
 		out[(size_t)i * dim + row] = acc;
+	}
+}
+
+/* One token: the down of every slot and of the shared experts as one GEMV, out (1, dim) =
+ * sum_z W_down[idx[z]] . h'[z] + W_sh_down . sh.h, where moe_gu_mma_kernel (with wt) made h' =
+ * wt[z] * h[z]: the slots' columns are one long k range, so a 16-row tile streams all its experts'
+ * rows with the loads of different experts in flight together, sums in one accumulator, reduces
+ * once and stores (no y, no last block, no combine). Without shared experts it adds to out.
+ * 16 warps a block: 64 KB of loads in flight on each of ~128 SMs. The h' rounding to bf16 happens
+ * after the weight (the other paths scale the fp32 sum): the same relative error. */
+#define MOE_D1_WARPS 16
+#define MOE_D1_KMAX 16
+__global__ void __launch_bounds__(MOE_D1_WARPS * 32)
+moe_down1_kernel(const void *const *tab, int dim, int inter, size_t ld, const float *h, int K, const int32_t *idx,
+		 moe_sh sh, float *out)
+{
+	__shared__ float red[MOE_D1_WARPS][32][4];
+	__shared__ const uint16_t *sw[MOE_D1_KMAX];
+	int row0 = blockIdx.x * 16, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+	/* the ids were written two kernels back (the router or route, then gate/up): readable before
+	 * the wait (cu.h), and the tile's rows of every expert prefetched meanwhile */
+	if (threadIdx.x < K)
+		sw[threadIdx.x] = (const uint16_t *)tab[__ldcg(idx + threadIdx.x)];
+	__syncthreads();
+	for (int z = 0; z < K; z++)
+		gemv_prefetch<uint16_t, 1>(sw[z], ld, row0 + warp, dim, inter);
+	if (sh.w[2])
+		gemv_prefetch<uint16_t, 1>(sh.w[2], sh.ld_d, row0 + warp, dim, sh.rows);
+	cu_pdl_wait();
+	int nch = inter / 32, routed = K * nch, total = routed + (sh.w[2] ? sh.rows / 32 : 0);
+	size_t ra = (size_t)min(row0 + g, dim - 1), rb = (size_t)min(row0 + g + 8, dim - 1);
+	float c[1][4] = {};
+	for (int q0 = warp; q0 < total; q0 += MOE_D1_WARPS * MMA_U) {
+		uint4 A[MMA_U], B[MMA_U];
+		float4 X0[MMA_U], X1[MMA_U];
+#pragma unroll
+		for (int u = 0; u < MMA_U; u++) {
+			int q = q0 + u * MOE_D1_WARPS;
+			if (q < total) {
+				const uint16_t *w;
+				const float *xr;
+				size_t l;
+				if (q < routed) {
+					int z = q / nch, ch = q - z * nch;
+					w = sw[z] + (size_t)ch * 32, l = ld, xr = h + (size_t)z * inter + (size_t)ch * 32;
+				} else {
+					int ch = q - routed;
+					w = sh.w[2] + (size_t)ch * 32, l = sh.ld_d, xr = sh.h + (size_t)ch * 32;
+				}
+				A[u] = __ldg((const uint4 *)(w + ra * l + 8 * t4));
+				B[u] = __ldg((const uint4 *)(w + rb * l + 8 * t4));
+				X0[u] = __ldcg((const float4 *)(xr + 8 * t4));
+				X1[u] = __ldcg((const float4 *)(xr + 8 * t4 + 4));
+			}
+		}
+#pragma unroll
+		for (int u = 0; u < MMA_U; u++)
+			if (q0 + u * MOE_D1_WARPS < total) {
+				uint32_t x0 = cu_pack_bf16(X0[u].x, X0[u].y), x1 = cu_pack_bf16(X0[u].z, X0[u].w);
+				uint32_t x2 = cu_pack_bf16(X1[u].x, X1[u].y), x3 = cu_pack_bf16(X1[u].z, X1[u].w);
+				cu_mma_bf16(c[0], A[u].x, B[u].x, A[u].y, B[u].y, x0, x1);
+				cu_mma_bf16(c[0], A[u].z, B[u].z, A[u].w, B[u].w, x2, x3);
+			}
+	}
+	float v[1][4];
+	if (!gemv_mma_red<1, MOE_D1_WARPS>(c, red, v))
+		return;
+	/* every lane's 8 tokens are the one token: lanes t4 == 0 hold its column (j = 0 and 2) */
+#pragma unroll
+	for (int j = 0; j < 4; j += 2) {
+		int row = row0 + g + (j ? 8 : 0);
+		if (t4 == 0 && row < dim)
+			out[row] = v[0][j] + (sh.w[2] ? 0.0f : out[row]);
 	}
 }
 
@@ -647,6 +722,7 @@ static void moe_prefill_pad(struct cu *c, const float *x, int dim, int inter, in
 }
 
 static int moe_pad_on = -1; /* KVGATE_CUDA_MOE_PAD=0: never the padded path */
+static int moe_fuse_n = -1; /* KVGATE_CUDA_MOE_FN=k: the two-launch MoE (with fuse) up to k tokens */
 
 /* moe_ffn, and with shw (the shared experts' gate, up, down) moe_ffn_shared: g, u (n, shw rows)
  * are its scratch where the shared experts go apart (glu, then down into out) */
@@ -694,7 +770,11 @@ static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, cons
 		mma = mma && shw[0].dt == ENG_DT_BF16 && shw[1].dt == ENG_DT_BF16 && shw[2].dt == ENG_DT_BF16 &&
 		      shw[1].rows == Is && shw[0].ld == shw[1].ld && shw[0].cols == dim && shw[2].rows == dim &&
 		      shw[2].cols == Is && Is % 32 == 0 && experts_aligned(shw, shw + 1, shw + 2, 1, 8);
-	if (mma && c->fuse) {
+	if (moe_fuse_n < 0) {
+		const char *ev = getenv("KVGATE_CUDA_MOE_FN");
+		moe_fuse_n = ev && *ev ? atoi(ev) : MOE_SMALL_N;
+	}
+	if (mma && c->fuse && n <= moe_fuse_n) {
 		moe_src ms = {L, idx, n == 1};
 		moe_sh sh = {};
 		if (shw) {
@@ -704,10 +784,16 @@ static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, cons
 			sh.h = (float *)(f + o_sh), sh.y = (float *)(f + o_sh + moe_al((size_t)n * Is * 4));
 		}
 		int zs = SH_MIN(E, nK), ti = cu_div_up(inter, 16);
+		int down1 = ms.direct && c->down1 && K <= MOE_D1_KMAX;
 		if (!ms.direct)
 			cu_launch(c, moe_lists_kernel, 1, 256, 0, idx, nK, E, L);
 		cu_launch(c, moe_gu_mma_kernel, dim3(ti, zs + cu_div_up(cu_div_up(Is, 16), ti)), MMA_WARPS * 32, 0, tab, E,
-			  inter, dim, ld_gu, x, K, ms, zs, n, sh, g);
+			  inter, dim, ld_gu, x, K, ms, zs, n, sh, g, down1 ? wt : (const float *)NULL);
+		if (down1) {
+			cu_launch(c, moe_down1_kernel, cu_div_up(dim, 16), MOE_D1_WARPS * 32, 0, tab + 2 * E, dim, inter, ld_d,
+				  (const float *)g, K, idx, sh, out);
+			return;
+		}
 		cu_launch(c, moe_down_mma_kernel, dim3(cu_div_up(dim, 16), zs + (shw != NULL)), MMA_WARPS * 32, 0,
 			  tab + 2 * E, E, dim, inter, ld_d, (const float *)g, K, ms, zs, n, sh, y, wt, out, c->tick);
 		return;
