@@ -28,7 +28,7 @@
 #define MLA_PS (MLA_NP + 8)        /* row stride of P in bf16 (no bank conflicts for ldmatrix) */
 #define MLA_MINTPS 2               /* tiles a split takes at least (a multiple of MLA_TPI) */
 #define MLA_LONGTPS 8              /* ... and at least this many when the context allows */
-#define MLA_SHORTNS 16             /* splits of a short context */
+#define MLA_SHORTNS 16             /* splits of a short context (KVGATE_CUDA_MLA_NS=k: k, for tuning) */
 
 _Static_assert(MLA_T == ENG_KV_BLOCK_TOKENS, "an MLA tile is one cache block");
 _Static_assert(MLA_NP == 32 && MLA_NW == 8, "the warp layout below: 4 quarters of K x 2 halves of 32 positions");
@@ -637,8 +637,13 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 	 * fp32, 32 KB: two bf16 tiles) stays a small share of what it reads (run 9: 256 splits of 2
 	 * tiles at batch 1 and 8192 context took 67 us, 140 GB/s); short ones: up to MLA_SHORTNS
 	 * splits, for latency; never more than two blocks an SM */
+	static int shortns = -1;
+	if (shortns < 0) {
+		const char *e = getenv("KVGATE_CUDA_MLA_NS");
+		shortns = e && atoi(e) > 0 ? atoi(e) : MLA_SHORTNS;
+	}
 	int want = cu_div_up(2L * c->prop.multiProcessorCount, (long)b->n * hgroups);
-	int ns = SH_MAX(cu_div_up(tiles, MLA_LONGTPS), SH_MIN(MLA_SHORTNS, cu_div_up(tiles, MLA_MINTPS)));
+	int ns = SH_MAX(cu_div_up(tiles, MLA_LONGTPS), SH_MIN(shortns, cu_div_up(tiles, MLA_MINTPS)));
 	ns = SH_MAX(1, SH_MIN(SH_MIN(want, ns), MLA_MAXSPLIT));
 	a.tps = c->step.active ? MLA_MINTPS : cu_div_up(cu_div_up(tiles, ns), MLA_TPI) * MLA_TPI;
 	a.n_split = c->step.active ? ns : cu_div_up(tiles, a.tps);
