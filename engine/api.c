@@ -147,8 +147,10 @@ static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_a
 	s->repetition_penalty = (float)d;
 	const cJSON *seed = field(body, "seed");
 	if (seed) {
-		if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble))
-			return fail(e, 400, "seed", NULL, "'seed' must be an integer");
+		/* the bounds before the cast: a double past int64's range cast to it is undefined */
+		if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble) ||
+		    !(fabs(seed->valuedouble) <= 9.2e18))
+			return fail(e, 400, "seed", NULL, "'seed' must be an integer within 64 bits");
 		p->seed = (uint64_t)(int64_t)seed->valuedouble;
 		r->seeded = 1;
 	}

@@ -3,6 +3,7 @@
 
 #include <cJSON.h>
 #include <event2/buffer.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,9 +114,10 @@ static int64_t requested_max(const cJSON *body, const char **param)
 		*param = names[i];
 		if (!v || cJSON_IsNull(v))
 			continue;
-		if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble != (double)(int64_t)v->valuedouble)
+		/* compared before any cast: a double past int64's range cast to it is undefined */
+		if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1) || v->valuedouble != floor(v->valuedouble))
 			return -2;
-		return (int64_t)v->valuedouble;
+		return v->valuedouble > 1e15 ? (int64_t)1e15 : (int64_t)v->valuedouble; /* clamped below anyway */
 	}
 	return -1;
 }

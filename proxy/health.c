@@ -86,7 +86,7 @@ static void read_models(struct px_check *ck)
 
 	if (cJSON_IsString(id)) {
 		snprintf(ck->up->model, sizeof(ck->up->model), "%s", id->valuestring);
-		if (cJSON_IsNumber(mml) && mml->valuedouble > 0)
+		if (cJSON_IsNumber(mml) && mml->valuedouble >= 1 && mml->valuedouble <= 1e12)
 			ck->up->max_model_len = (int64_t)mml->valuedouble;
 		px_log("engine %s serves \"%s\" (max_model_len %lld)", ck->up->addr, ck->up->model,
 		       (long long)ck->up->max_model_len);

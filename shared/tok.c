@@ -638,8 +638,10 @@ static int tmpl_push_special(struct sh_tok *tok, const cJSON *specials, const ch
 	it->n = 0;
 	it->ids = sh_malloc((size_t)cJSON_GetArraySize(ids) * sizeof(int32_t) + 1);
 	cJSON_ArrayForEach(e, ids) {
-		if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (double)tok->ntok)
-			return sh_errf(err, "post_processor: bad id for \"%s\"", name);
+		if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= (double)tok->ntok ||
+		    !tok->str[(int32_t)e->valuedouble]) /* encode would give ids that decode refuses */
+			return sh_errf(err, "post_processor: id %.0f of \"%s\" is no token of the vocabulary", e->valuedouble,
+				       name);
 		it->ids[it->n++] = (int32_t)e->valuedouble;
 	}
 	return 0;
@@ -655,8 +657,9 @@ static int tmpl_push_id(struct sh_tok *tok, const cJSON *pair, struct sh_err *er
 {
 	const cJSON *id = cJSON_GetArrayItem(pair, 1);
 	struct tok_tmpl_item *it;
-	if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= (double)tok->ntok)
-		return sh_errf(err, "post_processor: bad cls/sep");
+	if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= (double)tok->ntok ||
+	    !tok->str[(int32_t)id->valuedouble])
+		return sh_errf(err, "post_processor: bad cls/sep id");
 	tok->tmpl = sh_realloc(tok->tmpl, (tok->ntmpl + 1) * sizeof(*tok->tmpl));
 	it = &tok->tmpl[tok->ntmpl++];
 	it->special = 1;

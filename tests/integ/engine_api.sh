@@ -126,6 +126,8 @@ big=$(node -e 'process.stdout.write(JSON.stringify({prompt:Array(300).fill(7)}))
 kv_eq "prompt over max-model-len: 400" "400 context_length_exceeded" "$(kv_post "$P" /v1/completions "$big" "$T/e5") $(kv_jval "$T/e5" 'j.error.code')"
 kv_match "context error names the limit" 'maximum context length is 256' "$(kv_jval "$T/e5" 'j.error.message')"
 kv_eq "huge max_tokens clamped" "200 length 250" "$(kv_post "$P" /v1/completions '{"prompt":"hello world","max_tokens":32000,"ignore_eos":true}' "$T/e6") $(kv_jval "$T/e6" 'j.choices[0].finish_reason+" "+j.usage.completion_tokens')"
+kv_eq "seed past 64 bits: 400" "400 seed" "$(kv_post "$P" /v1/completions '{"prompt":"a","seed":1e300}' "$T/e8") $(kv_jval "$T/e8" 'j.error.param')"
+kv_eq "max_tokens 1e300 clamped" "200 length" "$(kv_post "$P" /v1/completions '{"prompt":"hello world","max_tokens":1e300,"ignore_eos":true}' "$T/e9") $(kv_jval "$T/e9" 'j.choices[0].finish_reason')"
 kv_eq "unknown route: 404" 404 "$(kv_post "$P" /v2/nothing '{}' "$T/e7")"
 kv_eq "still serving" 200 "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/health")"
 kv_match "/metrics shows memory" 'kvgate_engine_memory_weights_bytes' "$(curl -s "http://127.0.0.1:$P/metrics" | grep memory)"

@@ -71,6 +71,8 @@ n_small=$(hf_count "$KV_TMP/greedy.json")
 kv_eq "max_tokens 32000 (opencode) -> 200, not 400" 200 "$(post "$KV_TMP/greedy.json")"
 kv_match "  on the long pool" '^l[12]$' "$(served)"
 kv_eq "  clamped to the room left" $((8192 - n_small)) "$(kv_json "$R" 'j.kvup_max_tokens')"
+kv_eq "max_tokens 1e300 -> 200 (compared before any cast to an integer)" 200 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"coder","messages":[{"role":"user","content":"hi"}],"max_tokens":1e300}')"
+kv_match "  clamped to the room left" '^81[0-9][0-9]$' "$(kv_json "$R" 'j.kvup_max_tokens')"
 chat "$KV_TMP/open.json" 10 -
 kv_eq "no max_tokens -> the short pool" 200 "$(post "$KV_TMP/open.json")"
 kv_eq "  s1" s1 "$(served)"
