@@ -132,7 +132,7 @@ run: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@sh tools/run.sh $(BUILD)
 
-ASAN_SAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+ASAN_SAN = -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all
 asan: deps-test
 	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-asan OPT=-O1 NVCC= SAN="$(ASAN_SAN)" all \
 		$(patsubst $(BUILD)/%,build-asan/%,$(UNITS))

@@ -87,7 +87,7 @@ static int parse_size(const char *s, size_t *out)
 		end++;
 	if (*end == 'B')
 		end++;
-	if (*end)
+	if (*end || !(v * mul < 1e18)) /* bounded before the cast (inf and 1e300 parse too) */
 		return -1;
 	*out = (size_t)(v * mul);
 	return 0;

@@ -19,6 +19,9 @@ kv_file_has "unknown flag named" "no-such-flag" "$T/f1"
 "$KV_ENGINE" serve "$KV_ENGINE_MODEL" --kv-cache-dtype fp8_e5m2 >"$T/f2" 2>&1
 kv_eq "fp8_e5m2 refused" 2 $?
 kv_file_has "fp8_e5m2: why" "mantissa" "$T/f2"
+"$KV_ENGINE" serve "$KV_ENGINE_MODEL" --kv-cache-memory 1e300G >"$T/f3" 2>&1
+kv_eq "--kv-cache-memory 1e300G refused" 2 $?
+kv_file_has "  with the flag named" "kv-cache-memory" "$T/f3"
 
 # ---- cancel on disconnect frees blocks within a step ----
 STEP_MS=20 kv_start_engine P
