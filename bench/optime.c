@@ -16,12 +16,12 @@
 
 enum { OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_SILU, OP_ADD, OP_COPY2D, OP_ZERO, OP_KVW, OP_KVG, OP_GQA,
        OP_MLA, OP_DENSE, OP_ROUTE, OP_MOE, OP_HEADS, OP_MM2, OP_ADDN, OP_GLU, OP_ROUTER, OP_NMM2, OP_MOESH,
-       OP_PREP, OP_N };
+       OP_PREP, OP_MLAUV, OP_N };
 
 static const char *op_names[OP_N] = {"embed", "matmul", "rmsnorm", "rope", "silu_mul", "add", "copy2d", "zero",
 				     "kv_write", "kv_gather", "attn_gqa", "attn_mla", "attn_dense", "moe_route",
 				     "moe_ffn", "matmul_heads", "matmul2", "add_rmsnorm", "glu", "moe_router",
-				     "norm_matmul2", "moe_ffn_shared", "mla_prep"};
+				     "norm_matmul2", "moe_ffn_shared", "mla_prep", "attn_mla_uv"};
 
 #define OT_MAXMOE 256
 
@@ -225,6 +225,13 @@ static void ot_prep(struct eng_backend *be, struct eng_kv *kv, int layer, const 
 	TIMED(OP_PREP, mla_prep(IN(be), kv, layer, b, q, nh, dn, dr, kva, R, kv_norm, eps, rope, uk, q_lat, q_pe));
 }
 
+static void ot_mlauv(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		     const float *ql, const float *qp, int nh, int R, int dr, float scale, float *out,
+		     const struct eng_w *uv, float *att)
+{
+	TIMED(OP_MLAUV, attn_mla_uv(IN(be), kv, layer, b, ql, qp, nh, R, dr, scale, out, uv, att));
+}
+
 struct eng_backend *optime_wrap(struct eng_backend *in)
 {
 	struct optime *o = calloc(1, sizeof(*o));
@@ -246,6 +253,7 @@ struct eng_backend *optime_wrap(struct eng_backend *in)
 	be->norm_matmul2 = in->norm_matmul2 ? ot_nmm2 : NULL;
 	be->moe_ffn_shared = in->moe_ffn_shared ? ot_moesh : NULL;
 	be->mla_prep = in->mla_prep ? ot_prep : NULL;
+	be->attn_mla_uv = in->attn_mla_uv ? ot_mlauv : NULL;
 	return be; /* step_begin/step_end/step_forget stay NULL: every op runs eagerly */
 }
 

@@ -140,6 +140,13 @@ struct eng_backend {
 	void (*mla_prep)(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, float *q,
 			 int nh, int dn, int dr, float *kva, int R, const float *kv_norm, float eps,
 			 const struct eng_rope *rope, const struct eng_w *uk, float *q_lat, float *q_pe_out);
+	/* attn_mla into out (n, nh, R), then att (n, nh * dv) = each head's out through its uv matrix
+	 * (as matmul_heads with uv[h] (dv rows, R cols), head h at att + h * dv, row stride nh * dv),
+	 * in one op: a backend may merge the context splits inside the uv products and leave out
+	 * unwritten. NULL: attn_mla, then matmul_heads. */
+	void (*attn_mla_uv)(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+			    const float *q_lat, const float *q_pe, int nh, int R, int dr, float scale, float *out,
+			    const struct eng_w *uv, float *att);
 	/* out (n, dim) = shared(x) + moe_ffn's sum (out's contents are not read): the shared experts'
 	 * SwiGLU (sh: gate, up (Is, dim), down (dim, Is)) in the routed experts' launches; g, u (n, Is):
 	 * scratch. NULL: glu and matmul into out, then moe_ffn. */

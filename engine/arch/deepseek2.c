@@ -41,6 +41,19 @@ int eng_deepseek2_naive(const struct eng_model *m, const struct eng_batch *b)
 	return naive && b->n_seqs == 1 && b->pos[b->n - 1] + 1 <= SH_MIN(c->max_pos, NAIVE_CTX_CAP);
 }
 
+/* y_h (n, w[h].rows) at y + h * hy = x_h (n, w[h].cols) at x + h * hx . W_h^T for the nh heads:
+ * one launch where the backend has matmul_heads (rows strides ldx, ldy) */
+static void heads(struct eng_backend *be, const float *x, int ldx, int hx, int n, int nh, const struct eng_w *w,
+		  float *y, int ldy, int hy)
+{
+	if (be->matmul_heads) {
+		be->matmul_heads(be, x, ldx, hx, n, nh, w, y, ldy, hy);
+		return;
+	}
+	for (int h = 0; h < nh; h++)
+		be->matmul(be, x + (size_t)h * hx, ldx, n, &w[h], NULL, y + (size_t)h * hy, ldy);
+}
+
 /* pn: x += t (if any), then xn = rmsnorm(x) * w; one pass where the backend fuses them */
 static void prenorm(struct eng_backend *be, const struct eng_prenorm *pn, int n, int H)
 {
@@ -134,23 +147,17 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 		} else {
 			if (!prep) { /* else mla_prep made both */
 				/* q_lat_h (n, R) = q_nope_h (n, dn) . W_UK_h */
-				if (be->matmul_heads)
-					be->matmul_heads(be, q, nh * qk, qk, n, nh, L->uk_t, qlat, nh * R, R);
-				else
-					for (int h = 0; h < nh; h++)
-						be->matmul(be, q + (size_t)h * qk, nh * qk, n, &L->uk_t[h], NULL,
-							   qlat + (size_t)h * R, nh * R);
+				heads(be, q, nh * qk, qk, n, nh, L->uk_t, qlat, nh * R, R);
 				be->copy2d(be, qpe, sizeof(float) * dr, q + dn, sizeof(float) * qk, sizeof(float) * dr,
 					   (size_t)n * nh);                                   /* (n, nh, dr) */
 			}
-			be->attn_mla(be, kv, l, b, qlat, qpe, nh, R, dr, c->softmax_scale, olat); /* (n, nh, R) */
-			/* out_h (n, dv) = o_lat_h (n, R) . W_UV_h^T */
-			if (be->matmul_heads)
-				be->matmul_heads(be, olat, nh * R, R, n, nh, L->uv, att, nh * dv, dv);
-			else
-				for (int h = 0; h < nh; h++)
-					be->matmul(be, olat + (size_t)h * R, nh * R, n, &L->uv[h], NULL, att + (size_t)h * dv,
-						   nh * dv);
+			/* out_h (n, dv) = o_lat_h (n, R) . W_UV_h^T, o_lat (n, nh, R) the attention's */
+			if (be->attn_mla_uv) {
+				be->attn_mla_uv(be, kv, l, b, qlat, qpe, nh, R, dr, c->softmax_scale, olat, L->uv, att);
+			} else {
+				be->attn_mla(be, kv, l, b, qlat, qpe, nh, R, dr, c->softmax_scale, olat);
+				heads(be, olat, nh * R, R, n, nh, L->uv, att, nh * dv, dv);
+			}
 		}
 		be->matmul(be, att, nh * dv, n, &L->wo, NULL, tmp, H);                      /* (n, H) */
 

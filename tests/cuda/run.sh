@@ -34,7 +34,7 @@ for w in $what; do
 		cat "$LOG/bench-fuse.log" ;;
 	ab) : >"$LOG/ab.log"; s=0
 		F=KVGATE_CUDA_FUSE=1
-		echo "${AB_SETTINGS:-;$F;$F,KVGATE_CUDA_DOWN1=0;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1;$F,KVGATE_CUDA_MLA_NS=8;$F,KVGATE_CUDA_MLA_NS=4}" |
+		echo "${AB_SETTINGS:-;$F;$F,KVGATE_CUDA_DOWN1=0;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1;$F,KVGATE_CUDA_MLA_NS=8;$F,KVGATE_CUDA_MLA_NS=4;$F,KVGATE_CUDA_MLA_UV=0}" |
 			tr ';' '\n' | while read -r v; do
 			echo "== ${v:-defaults}" | tee -a "$LOG/ab.log"
 			env $(echo "$v" | tr ',' ' ') "$D/bench_cuda_decode" --quick 2>&1 | grep -E '^(bf16|steps|forward|kv)' |

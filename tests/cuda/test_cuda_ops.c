@@ -593,6 +593,101 @@ static void check_mla(enum eng_kv_fmt fmt, int n_seqs, const int *ctx, int exact
 	kvpair_free(&k);
 }
 
+/* Run r of a check on the fused backend: 0 outside a step, 1 .. 3 inside one (eager, recorded,
+ * replayed: step_what[r] says which); go(arg) issues the op. */
+static const char *const step_what[4] = {"", " step eager", " step recorded", " step replayed"};
+
+static void step_run(int r, const struct eng_batch *b, struct kvpair *k, void (*go)(void *), void *arg)
+{
+	int replayed = r && gpuf->step_begin(gpuf, b, k->d, k, 0);
+	if (!replayed)
+		go(arg);
+	if (r)
+		gpuf->step_end(gpuf);
+}
+
+/* attn_mla_uv (the fused backend: the splits merged in the uv GEMV at one or two tokens, apart
+ * past that) against the CPU's attn_mla then each head's uv matmul; n_seqs sequences of contexts
+ * ctx[], eager, then inside a step (eager, recorded, replayed); timed against the two ops apart. */
+struct mlauv_run {
+	struct kvpair *k;
+	struct eng_batch *b;
+	struct twin *ql, *qp, *o, *att;
+	struct eng_w *uv;
+	int nh, R, dr, dv;
+	struct eng_backend *be; /* gpuf: fused; gpu: attn_mla then matmul_heads */
+};
+
+static void mlauv_go(void *p)
+{
+	struct mlauv_run *r = p;
+	if (r->be->attn_mla_uv) {
+		r->be->attn_mla_uv(r->be, r->k->d, 1, r->b, r->ql->d, r->qp->d, r->nh, r->R, r->dr, 0.1147f, r->o->d, r->uv,
+				   r->att->d);
+		return;
+	}
+	r->be->attn_mla(r->be, r->k->d, 1, r->b, r->ql->d, r->qp->d, r->nh, r->R, r->dr, 0.1147f, r->o->d);
+	r->be->matmul_heads(r->be, r->o->d, r->nh * r->R, r->R, r->b->n, r->nh, r->uv, r->att->d, r->nh * r->dv, r->dv);
+}
+
+static void check_mla_uv(enum eng_kv_fmt fmt, int n_seqs, const int *ctx, int timed)
+{
+	int nh = 16, R = 512, dr = 64, dv = 128, n = n_seqs, maxc = 0;
+	struct eng_kv_shape shape = {2, R + dr, 2, {0, R, R + dr}};
+	struct kvpair k;
+	for (int s = 0; s < n_seqs; s++)
+		maxc = SH_MAX(maxc, ctx[s]);
+	kvpair_new(&k, fmt, &shape, n_seqs, maxc);
+	kv_fill(&k, ctx, 1.0f);
+	struct twin *W = malloc(sizeof(struct twin) * (size_t)nh);
+	struct eng_w *wh = malloc(sizeof(struct eng_w) * (size_t)nh), *wg = malloc(sizeof(struct eng_w) * (size_t)nh);
+	for (int h = 0; h < nh; h++) {
+		float *wf = rand_f32((size_t)dv * R, 0.05f);
+		void *wd = to_dtype(wf, (size_t)dv * R, ENG_DT_BF16);
+		W[h] = twin_new(wd, (size_t)dv * R * 2);
+		wh[h] = (struct eng_w){W[h].h, ENG_DT_BF16, dv, R, (size_t)R};
+		wg[h] = (struct eng_w){W[h].d, ENG_DT_BF16, dv, R, (size_t)R};
+		free(wf), free(wd);
+	}
+	float *qlf = rand_f32((size_t)n * nh * R, 0.3f), *qpf = rand_f32((size_t)n * nh * dr, 0.3f);
+	struct twin QL = twin_new(qlf, (size_t)n * nh * R * 4), QP = twin_new(qpf, (size_t)n * nh * dr * 4);
+	struct twin O = twin_new(NULL, (size_t)n * nh * R * 4), A = twin_new(NULL, (size_t)n * nh * dv * 4);
+	int32_t *pos = malloc(sizeof(int32_t) * n), *si = malloc(sizeof(int32_t) * n), *ids = calloc((size_t)n, 4);
+	struct eng_kv_seq **sh = malloc(sizeof(void *) * n), **sd = malloc(sizeof(void *) * n);
+	for (int s = 0; s < n; s++)
+		pos[s] = ctx[s] - 1, si[s] = s, sh[s] = &k.sh[s], sd[s] = &k.sd[s];
+	struct eng_batch bh = {n, NULL, pos, si, sh, n, NULL}, bd = {n, ids, pos, si, sd, n, NULL};
+	cpu->attn_mla(cpu, k.h, 1, &bh, QL.h, QP.h, nh, R, dr, 0.1147f, O.h);
+	for (int h = 0; h < nh; h++)
+		cpu->matmul(cpu, (float *)O.h + (size_t)h * R, nh * R, n, &wh[h], NULL, (float *)A.h + (size_t)h * dv, nh * dv);
+	struct mlauv_run r = {&k, &bd, &QL, &QP, &O, &A, wg, nh, R, dr, dv, gpuf};
+	char shape_s[96], s2[128];
+	snprintf(shape_s, sizeof(shape_s), "%s 16h R512+64 uv 128 %d seq ctx %d..%d", eng_kv_fmt_name(fmt), n, ctx[0],
+		 ctx[n - 1]);
+	/* the queries, the values and the merged output rounded to bf16 (tensor cores) */
+	for (int run = 0; run < 4; run++) {
+		poison(&A);
+		step_run(run, &bd, &k, mlauv_go, &r);
+		snprintf(s2, sizeof(s2), "%.70s%s", shape_s, step_what[run]);
+		report("attn_mla_uv", s2, nmse_of(A.h, A.d, (size_t)n * nh * dv), 3e-5, 0, 0);
+	}
+	gpuf->step_forget(gpuf, &k);
+	if (timed) {
+		double bytes = (double)nh * dv * R * 2;
+		for (int s = 0; s < n; s++)
+			bytes += (double)ctx[s] * eng_kv_bytes_per_token_layer(k.d);
+		report("attn_mla_uv", shape_s, 0, 0, time_us(mlauv_go, &r, 20), bytes);
+		r.be = gpu;
+		snprintf(s2, sizeof(s2), "%.70s (apart)", shape_s);
+		report("attn_mla_uv", s2, 0, 0, time_us(mlauv_go, &r, 20), bytes);
+	}
+	for (int h = 0; h < nh; h++)
+		twin_free(&W[h]);
+	twin_free(&QL), twin_free(&QP), twin_free(&O), twin_free(&A);
+	free(W), free(wh), free(wg), free(qlf), free(qpf), free(pos), free(si), free(ids), free(sh), free(sd);
+	kvpair_free(&k);
+}
+
 /* mla_prep against the six ops it stands for, on the CPU: token i of sequence i at pos[i], uk per
  * head in dt (bf16 at whole 32-column chunks: the fused kernel; f32 or odd widths: the six CUDA ops
  * it falls back to). q_lat, the roped q, q_pe_out and the normed, roped kva by NMSE; the cache byte
@@ -668,21 +763,16 @@ static void check_mla_prep(enum eng_kv_fmt fmt, int n, const int32_t *pos, int n
 		 eng_dtype_name(dt), nh, R, dr, dn, n, pos[0], pos[n - 1]);
 	/* bf16 with whole 32-column chunks: tensor cores (activations rounded); otherwise fp32 */
 	double bound = dt == ENG_DT_BF16 && dn % 32 == 0 ? 3e-5 : 1e-10;
-	static const char *what[4] = {"", " step eager", " step recorded", " step replayed"};
 	for (int run = 0; run < (steps ? 4 : 1); run++) {
 		gpu->to_dev(gpu, Q.d, qf, nq * 4);
 		gpu->to_dev(gpu, KV.d, kvf, nkv * 4);
 		poison(&QL), poison(&QP);
-		int replayed = run && gpuf->step_begin(gpuf, &bd, k.d, &k, 0);
-		if (!replayed)
-			prep_go(&a);
-		if (run)
-			gpuf->step_end(gpuf);
-		snprintf(s2, sizeof(s2), "%.70s%s", shape_s, what[run]);
+		step_run(run, &bd, &k, prep_go, &a);
+		snprintf(s2, sizeof(s2), "%.70s%s", shape_s, step_what[run]);
 		report("mla_prep", s2, nmse_of(QL.h, QL.d, (size_t)n * nh * R), bound, 0, 0);
 		/* q_pe roped (and q_nope untouched), q_pe_out, kva: fp32 both sides, rounding only */
 		double e = nmse_of(Q.h, Q.d, nq) + nmse_of(QP.h, QP.d, (size_t)n * nh * dr) + nmse_of(KV.h, KV.d, nkv);
-		snprintf(s2, sizeof(s2), "q, q_pe, kva%s", what[run]);
+		snprintf(s2, sizeof(s2), "q, q_pe, kva%s", step_what[run]);
 		report("mla_prep", s2, e, 1e-11, 0, 0);
 	}
 	if (steps)
@@ -1151,6 +1241,16 @@ int main(int argc, char **argv)
 		}
 		check_mla(ENG_KV_BF16, 1, l1, 1, 1);
 	}
+	/* attn_mla_uv: merged in the uv GEMV at 1 and 2 tokens (16 splits at 513, 64 at 8192), one
+	 * split (nothing to merge), and apart at 3 tokens */
+	int u1[1] = {513}, u0[1] = {1}, u2[2] = {33, 4099}, u8k[1] = {8192};
+	for (int f = ENG_KV_BF16; f < ENG_KV_NFMT; f++) {
+		check_mla_uv((enum eng_kv_fmt)f, 1, u1, f == ENG_KV_BF16);
+		check_mla_uv((enum eng_kv_fmt)f, 2, u2, 0);
+	}
+	check_mla_uv(ENG_KV_BF16, 1, u0, 0);
+	check_mla_uv(ENG_KV_FP8, 3, c3, 0);
+	check_mla_uv(ENG_KV_BF16, 1, u8k, !quick);
 	/* mla_prep: the Lite shape at 1, 3, 8 and 11 (two chunks) tokens in every format; odd shapes (a
 	 * partial 16-row tile); f32 weights and widths that are not 32-column chunks (the six ops) */
 	int32_t p1[1] = {4099}, p3[3] = {0, 17, 63}, p5[5] = {2, 3, 47, 48, 999};

@@ -14,11 +14,13 @@
  * from the raw bytes (integer and bf16 operations: the hardware conversions run at a quarter of
  * the rate) and store the latent part as the bf16 tile of P . C. Their per-token scales are
  * applied to the scores and folded into the probabilities, never to the values.
- * Long contexts are split over blocks (flash-decoding); a second kernel merges the splits. Queries
+ * Long contexts are split over blocks (flash-decoding); a second kernel merges the splits (or, in
+ * attn_mla_uv at one or two tokens, the uv GEMV's blocks merge their head's splits). Queries
  * are rounded to bf16 (as FlashMLA does). Takes R % 32 == 0, R <= 512, dr <= 64, dr % 4 == 0,
  * (R + dr) % 8 == 0 and the BF16/FP8/INT8/FP8_TENSOR formats; everything else, and exact mode,
  * goes to the fp32 SIMT kernel (attn_gqa.cu). */
 #include "engine/backend/cuda/cu.h"
+#include "engine/backend/cuda/gemv.cuh"
 
 #define MLA_NW 8                   /* warps a block */
 #define MLA_T 16                   /* positions per cache block == ENG_KV_BLOCK_TOKENS */
@@ -565,6 +567,69 @@ __global__ void mla_combine_kernel(const float *po, const float *pml, int n_spli
 	}
 }
 
+/* attn_mla_uv's second kernel: each block of head h's uv GEMV (16 rows of uv[h], gemv_mma) merges
+ * the head's splits for its nt tokens itself, as mla_combine_kernel does (the same weights and
+ * order of the sums), into a bf16 copy in shared memory, and multiplies: no out round trip and one
+ * launch fewer. The (dv / 16) blocks of a head each read its splits' partials (L2). */
+#define MLA_UV_MAXT 2
+#define MLA_UV_MAXSPLIT 64
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+mla_uv_kernel(const float *po, const float *pml, int n_split, int hgroups, int R, int nt, const void *const *tab,
+	      size_t ld, int rows, float *att, int ldy, int hy)
+{
+	extern __shared__ __align__(16) uint8_t uv_smem[]; /* nt rows of R + 8 bf16 */
+	__shared__ float red[MMA_WARPS][32][4];
+	__shared__ float wsm[MLA_UV_MAXT][MLA_UV_MAXSPLIT], inv[MLA_UV_MAXT];
+	int h = blockIdx.y, row0 = blockIdx.x * 16, z = h / 16, hr = h % 16;
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+	const uint16_t *w[1] = {(const uint16_t *)tab[h]};
+	gemv_prefetch<uint16_t, 2>(w[0], ld, row0 + 2 * warp, rows, R);
+	cu_pdl_wait();
+	size_t step = (size_t)hgroups * 16;
+	/* a warp a token: the splits' max, their weights and the sum */
+	if (warp < nt) {
+		size_t base = ((size_t)warp * n_split * hgroups + z) * 16 + hr;
+		float M = -INFINITY, L = 0.0f;
+		for (int s = lane; s < n_split; s += 32)
+			M = fmaxf(M, pml[(base + s * step) * 2]);
+		M = cu_warp_max(M);
+		for (int s = lane; s < n_split; s += 32) {
+			float l = pml[(base + s * step) * 2 + 1];
+			wsm[warp][s] = l > 0.0f ? expf(pml[(base + s * step) * 2] - M) : 0.0f;
+			L += l * wsm[warp][s];
+		}
+		L = cu_warp_sum(L);
+		if (lane == 0)
+			inv[warp] = 1.0f / L;
+	}
+	__syncthreads();
+	uint16_t *xs = (uint16_t *)uv_smem;
+	for (int i = 0; i < nt; i++) {
+		size_t base = ((size_t)i * n_split * hgroups + z) * 16 + hr;
+		for (int d = 2 * threadIdx.x; d < R; d += 2 * blockDim.x) {
+			float vx = 0.0f, vy = 0.0f;
+#pragma unroll 8
+			for (int s = 0; s < n_split; s++)
+				if (wsm[i][s] != 0.0f) { /* empty splits wrote no partials */
+					float2 p = *(const float2 *)(po + (base + s * step) * R + d);
+					vx += wsm[i][s] * p.x, vy += wsm[i][s] * p.y;
+				}
+			*(uint32_t *)(xs + (size_t)i * (R + 8) + d) = cu_pack_bf16(vx * inv[i], vy * inv[i]);
+		}
+	}
+	__syncthreads();
+	float c[1][4] = {}, v[1][4];
+	gemv_mma_acc<1, MMA_U, true>(w, ld, row0, rows, R, xs + (size_t)min(g, nt - 1) * (R + 8), c);
+	if (!gemv_mma_red<1>(c, red, v))
+		return;
+#pragma unroll
+	for (int j = 0; j < 4; j++) {
+		int row = row0 + g + (j >= 2 ? 8 : 0), tok = 2 * t4 + (j & 1);
+		if (row < rows && tok < nt)
+			att[(size_t)tok * ldy + (size_t)h * hy + row] = v[0][j];
+	}
+}
+
 template <int FMT, int RC> static void mla_launch_rc(struct cu *c, dim3 grid, size_t smem, const mla_args &a)
 {
 	static size_t raised; /* the largest limit set so far (set outside recorded steps' hot path) */
@@ -587,8 +652,23 @@ template <int FMT> static void mla_launch(struct cu *c, dim3 grid, size_t smem, 
 		mla_launch_rc<FMT, 0>(c, grid, smem, a);
 }
 
-void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
-		 const float *q_lat, const float *q_pe, int nh, int R, int dr, float scale, float *out)
+/* Whether attn_mla_uv may merge the splits in the uv GEMV: its shapes (as matmul_heads's tensor-core
+ * path takes them) and few tokens (each block merges all of its head's). */
+static int mla_uv_ok(struct cu *c, const struct eng_w *uv, int nh, int R, int n)
+{
+	if (!uv || c->exact || n > MLA_UV_MAXT || c->prop.major < 8 || R % 32 || uv[0].cols != R)
+		return 0;
+	for (int h = 0; h < nh; h++)
+		if (uv[h].dt != ENG_DT_BF16 || uv[h].rows != uv[0].rows || uv[h].cols != R || uv[h].ld != uv[0].ld ||
+		    (uintptr_t)uv[h].data % 16 || (uv[h].ld * 2) % 16)
+			return 0;
+	return 1;
+}
+
+/* attn_mla into out; with uv, then att = each head's out through uv[h] (attn_mla_uv) */
+static void mla_attend(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		       const float *q_lat, const float *q_pe, int nh, int R, int dr, float scale, float *out,
+		       const struct eng_w *uv, float *att)
 {
 	struct cu *c = CU(be);
 	if (b->n <= 0)
@@ -601,6 +681,8 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 	if (!mma_ok) {
 		cu_attn_paged_simt(c, kv, layer, b, q_lat, nh * R, R, 0, 0, q_pe, nh * dr, dr, R, 1, nh, nh, 0, 0, R,
 				   scale, out, nh * R);
+		if (uv)
+			cu_matmul_heads(be, out, nh * R, R, b->n, nh, uv, att, nh * uv[0].rows, uv[0].rows);
 		return;
 	}
 	mla_args a;
@@ -677,9 +759,31 @@ void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 		mla_launch<ENG_KV_FP8_TENSOR>(c, grid, smem, a);
 		break;
 	}
+	if (a.n_split > 1 && a.n_split <= MLA_UV_MAXSPLIT && mla_uv_ok(c, uv, nh, R, b->n)) {
+		int dv = uv[0].rows;
+		cu_launch(c, mla_uv_kernel, dim3(cu_div_up(dv, 16), nh), MMA_WARPS * 32, (size_t)b->n * (R + 8) * 2,
+			  (const float *)a.po, (const float *)a.pml, a.n_split, hgroups, R, b->n, cu_heads_table(c, uv, nh),
+			  uv[0].ld, dv, att, nh * dv, dv);
+		return;
+	}
 	if (a.n_split > 1) {
 		/* a block per (head, token, 128 columns): the partials are read by 4x more SMs */
 		cu_launch(c, mla_combine_kernel, dim3(nh, b->n, cu_div_up(R, 128)), 128, 0, (const float *)a.po,
 			  (const float *)a.pml, a.n_split, hgroups, nh, R, out);
 	}
+	if (uv)
+		cu_matmul_heads(be, out, nh * R, R, b->n, nh, uv, att, nh * uv[0].rows, uv[0].rows);
+}
+
+void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		 const float *q_lat, const float *q_pe, int nh, int R, int dr, float scale, float *out)
+{
+	mla_attend(be, kv, layer, b, q_lat, q_pe, nh, R, dr, scale, out, NULL, NULL);
+}
+
+void cu_attn_mla_uv(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		    const float *q_lat, const float *q_pe, int nh, int R, int dr, float scale, float *out,
+		    const struct eng_w *uv, float *att)
+{
+	mla_attend(be, kv, layer, b, q_lat, q_pe, nh, R, dr, scale, out, uv, att);
 }

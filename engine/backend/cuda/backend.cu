@@ -445,16 +445,19 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	be->matmul_heads = cu_matmul_heads;
 	be->matmul2 = cu_matmul2;
 	be->add_rmsnorm = cu_add_rmsnorm;
-	/* Version 4's fused decode ops (a layer's ~23 launches at batch 1 down to 9), off until they
+	/* Version 4's fused decode ops (a layer's ~23 launches at batch 1 down to 8), off until they
 	 * are measured faster: run 25 had them slower (batch 1 3.20 vs 3.01 ms, batch 8 9.72 vs 6.82)
-	 * before the fix of their norm prologue's serial loads, which no GPU has run yet
-	 * (bench/NOTES-cuda.md, version 4). test_cuda_ops checks them against the CPU. */
+	 * before the fix of their norm prologue's serial loads; that fix, the one-GEMV MoE down at one
+	 * token and attn_mla_uv have not run on a GPU yet (bench/NOTES-cuda.md, version 4 and the
+	 * fifth session). test_cuda_ops checks them against the CPU. */
 	if (c->fuse) {
 		be->glu = cu_glu;
 		be->moe_router = cu_moe_router;
 		be->moe_ffn_shared = cu_moe_ffn_shared;
 		be->norm_matmul2 = cu_norm_matmul2;
 		be->mla_prep = cu_mla_prep;
+		const char *uv = getenv("KVGATE_CUDA_MLA_UV"); /* =0: the merge kernel and uv apart (A/B) */
+		be->attn_mla_uv = uv && *uv == '0' ? NULL : cu_attn_mla_uv;
 	}
 	be->step_begin = cu_step_begin;
 	be->step_end = cu_step_end;

@@ -183,6 +183,9 @@ void cu_attn_gqa(struct eng_backend *be, const struct eng_kv *kv, int layer, con
 		 const float *q, int n_heads, int n_kv_heads, int head_dim, float scale, float *out);
 void cu_attn_mla(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
 		 const float *q_lat, const float *q_pe, int n_heads, int R, int dr, float scale, float *out);
+void cu_attn_mla_uv(struct eng_backend *be, const struct eng_kv *kv, int layer, const struct eng_batch *b,
+		    const float *q_lat, const float *q_pe, int nh, int R, int dr, float scale, float *out,
+		    const struct eng_w *uv, float *att);
 void cu_attn_dense(struct eng_backend *be, const float *q, const int32_t *pos, int n, const float *k, const float *v,
 		   int ctx, int n_heads, int dq, int dv, float scale, float *out);
 void cu_moe_ffn_shared(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
