@@ -568,9 +568,10 @@ __global__ void mla_combine_kernel(const float *po, const float *pml, int n_spli
 }
 
 /* attn_mla_uv's second kernel: each block of head h's uv GEMV (16 rows of uv[h], gemv_mma) merges
- * the head's splits for its nt tokens itself, as mla_combine_kernel does (the same weights and
- * order of the sums), into a bf16 copy in shared memory, and multiplies: no out round trip and one
- * launch fewer. The (dv / 16) blocks of a head each read its splits' partials (L2). */
+ * the head's splits for its nt tokens itself, as mla_combine_kernel does (the same weights, the
+ * values summed in the same order; the weights' total in another past 32 splits), into a bf16 copy
+ * in shared memory, and multiplies: no out round trip and one launch fewer. The (dv / 16) blocks of
+ * a head each read its splits' partials (L2). */
 #define MLA_UV_MAXT 2
 #define MLA_UV_MAXSPLIT 64
 __global__ void __launch_bounds__(MMA_WARPS * 32)
