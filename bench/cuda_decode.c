@@ -191,29 +191,25 @@ static int run_timeline(struct eng_model *m)
 	int Bs[2] = {1, 8};
 	for (int bi = 0; bi < 2; bi++) {
 		int B = Bs[bi];
-		int32_t ids[8], ps[8], sx[8];
-		uint8_t want[8];
+		struct dsv2_step t;
 		for (int st = 0; st < warm + steps; st++) {
-			for (int s = 0; s < B; s++) {
-				ids[s] = dsv2_token(c, s, st), ps[s] = ctx + st, sx[s] = s, want[s] = 1;
-				if (eng_kv_seq_prepare(kv, &seqs[s], ps[s], 1, &err)) {
-					fprintf(stderr, "kv: %s\n", err.msg);
-					return 2;
-				}
+			if (dsv2_step_make(&t, c, kv, sp, B, maxB, ctx, st, &err)) {
+				fprintf(stderr, "kv: %s\n", err.msg);
+				return 2;
 			}
-			struct eng_batch b = {B, ids, ps, sx, sp, maxB, want};
 			if (st == warm && tl_start(&err)) {
 				fprintf(stderr, "timeline: %s\n", err.msg);
 				return 2;
 			}
 			if (st >= warm)
 				tl_mark();
-			if (eng_model_forward(m, kv, &b, logits, &err)) { /* returns with the logits on the host */
+			if (eng_model_forward(m, kv, &t.b, logits, &err)) { /* returns with the logits on the host */
 				fprintf(stderr, "forward: %s\n", err.msg);
 				return 2;
 			}
 			if (st >= warm)
 				tl_mark();
+			dsv2_step_done(&t);
 		}
 		char title[96];
 		snprintf(title, sizeof(title), "decode step, batch %d, %d context, bf16 KV%s", B, ctx,
@@ -308,23 +304,19 @@ int main(int argc, char **argv)
 					continue;
 				if (prof)
 					B = prof;
-				int32_t ids[32], ps[32], sx[32];
-				uint8_t want[32];
+				struct dsv2_step t;
 				double tt = 0, touched = 0;
 				for (int st = 0; st < warm + steps; st++) {
-					for (int s = 0; s < B; s++) {
-						ids[s] = dsv2_token(c, s, st);
-						ps[s] = ctx + st, sx[s] = s, want[s] = 1;
-						if (eng_kv_seq_prepare(kv, &seqs[s], ps[s], 1, &err))
-							return 2;
+					if (dsv2_step_make(&t, c, kv, sp, B, maxB, ctx, st, &err)) {
+						fprintf(stderr, "kv: %s\n", err.msg);
+						return 2;
 					}
-					struct eng_batch b = {B, ids, ps, sx, sp, maxB, want};
 					double t1 = now();
 					if (prof && st == warm)
 						cudaProfilerStart();
 					if (st == 0 && !prof) /* the first warm-up step counts the experts, eagerly */
 						optime_reset(counter), m->be = counter;
-					int rc = eng_model_forward(m, kv, &b, logits, &err);
+					int rc = eng_model_forward(m, kv, &t.b, logits, &err);
 					m->be = be;
 					if (rc) {
 						fprintf(stderr, "forward: %s\n", err.msg);
@@ -339,8 +331,7 @@ int main(int argc, char **argv)
 					}
 					if (st >= warm)
 						tt += now() - t1;
-					for (int s = 0; s < B; s++)
-						seqs[s].n_tokens = ps[s] + 1;
+					dsv2_step_done(&t);
 				}
 				double ms = tt / steps * 1e3;
 				double kvb = (double)B * (ctx + warm + steps / 2) * c->n_layers * eng_kv_bytes_per_token_layer(kv);

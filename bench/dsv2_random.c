@@ -197,3 +197,24 @@ int dsv2_fill_kv(struct eng_backend *be, struct eng_kv *kv, const struct eng_mod
 	free(rows_h);
 	return rc;
 }
+
+int dsv2_step_make(struct dsv2_step *t, const struct eng_config *c, struct eng_kv *kv, struct eng_kv_seq **sp, int B,
+		   int maxB, int ctx, int st, struct sh_err *err)
+{
+	if (B > DSV2_MAXB || maxB > DSV2_MAXB)
+		return sh_errf(err, "batch %d (of %d sequences) over %d", B, maxB, DSV2_MAXB);
+	for (int s = 0; s < B; s++) {
+		t->ids[s] = dsv2_token(c, s, st), t->pos[s] = ctx + st, t->seq[s] = s, t->want[s] = 1;
+		int rc = eng_kv_seq_prepare(kv, sp[s], t->pos[s], 1, err);
+		if (rc)
+			return rc;
+	}
+	t->b = (struct eng_batch){B, t->ids, t->pos, t->seq, sp, maxB, t->want};
+	return SH_OK;
+}
+
+void dsv2_step_done(const struct dsv2_step *t)
+{
+	for (int s = 0; s < t->b.n; s++)
+		t->b.seqs[s]->n_tokens = t->pos[s] + 1;
+}

@@ -46,6 +46,20 @@ double dsv2_step_weight_bytes(const struct eng_config *c, double touched);
 int dsv2_fill_kv(struct eng_backend *be, struct eng_kv *kv, const struct eng_model *m, struct eng_kv_seq **sp,
 		 int nseq, int maxB, int npos, struct sh_err *err);
 
+/* One decode step's batch on the bench's cache: sequence s < B (of sp[0 .. maxB - 1]) gets
+ * dsv2_token(s, st) at position ctx + st, the logits of every token. */
+#define DSV2_MAXB 32
+struct dsv2_step {
+	int32_t ids[DSV2_MAXB], pos[DSV2_MAXB], seq[DSV2_MAXB];
+	uint8_t want[DSV2_MAXB];
+	struct eng_batch b;
+};
+/* Fills t and prepares each sequence's block for its position; the kv's error when the pool is
+ * too small. After the forward, dsv2_step_done records the new tokens in the sequences. */
+int dsv2_step_make(struct dsv2_step *t, const struct eng_config *c, struct eng_kv *kv, struct eng_kv_seq **sp, int B,
+		   int maxB, int ctx, int st, struct sh_err *err);
+void dsv2_step_done(const struct dsv2_step *t);
+
 /* Sequence s's token at decode step st. */
 static inline int32_t dsv2_token(const struct eng_config *c, int s, int st)
 {

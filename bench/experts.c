@@ -56,28 +56,23 @@ int main(int argc, char **argv)
 	int touched[3][32], nmoe = 0;
 	for (int bi = 0; bi < 3; bi++) {
 		int B = Bs[bi];
-		int32_t ids[32], ps[32], sx[32];
-		uint8_t want[32];
-		for (int s = 0; s < B; s++) {
-			ids[s] = dsv2_token(c, s, 0), ps[s] = ctx, sx[s] = s, want[s] = 1;
-			if (eng_kv_seq_prepare(kv, &seqs[s], ps[s], 1, &err)) {
-				fprintf(stderr, "kv: %s\n", err.msg);
-				return 2;
-			}
+		struct dsv2_step t;
+		if (dsv2_step_make(&t, c, kv, sp, B, maxB, ctx, 0, &err)) {
+			fprintf(stderr, "kv: %s\n", err.msg);
+			return 2;
 		}
-		struct eng_batch b = {B, ids, ps, sx, sp, maxB, want};
 		optime_reset(counter);
 		m->be = counter;
 		t0 = now();
-		if (eng_model_forward(m, kv, &b, logits, &err)) {
+		if (eng_model_forward(m, kv, &t.b, logits, &err)) {
 			fprintf(stderr, "forward: %s\n", err.msg);
 			return 2;
 		}
 		m->be = be;
-		const int *t;
-		nmoe = optime_experts(counter, &t);
+		const int *per;
+		nmoe = optime_experts(counter, &per);
 		for (int i = 0; i < nmoe; i++)
-			touched[bi][i] = t[i];
+			touched[bi][i] = per[i];
 		fprintf(stderr, "batch %d: one step in %.1f s\n", B, now() - t0);
 	}
 	printf("\nexperts touched (of %d) by one decode step, per MoE layer\n%-7s %8s %8s %8s\n", c->n_routed, "layer",

@@ -269,6 +269,36 @@ static void check_glu(int rows, int cols, int n, enum eng_dtype dt)
 	free(w1f), free(w2f), free(xf), free(w1d), free(w2d);
 }
 
+/* nh weight matrices (rows, cols) in dt, random (amplitude 0.05), each its own allocation: w.h[h] on
+ * the host, w.d[h] the same bytes on the device (the per-head MLA matrices' layout) */
+struct heads_w {
+	struct twin *t;
+	struct eng_w *h, *d;
+	int nh;
+};
+
+static struct heads_w heads_w_new(int nh, int rows, int cols, enum eng_dtype dt)
+{
+	struct heads_w w = {malloc(sizeof(struct twin) * (size_t)nh), malloc(sizeof(struct eng_w) * (size_t)nh),
+			    malloc(sizeof(struct eng_w) * (size_t)nh), nh};
+	for (int h = 0; h < nh; h++) {
+		float *wf = rand_f32((size_t)rows * cols, 0.05f);
+		void *wd = to_dtype(wf, (size_t)rows * cols, dt);
+		w.t[h] = twin_new(wd, (size_t)rows * cols * eng_dtype_size(dt));
+		w.h[h] = (struct eng_w){w.t[h].h, dt, rows, cols, (size_t)cols};
+		w.d[h] = (struct eng_w){w.t[h].d, dt, rows, cols, (size_t)cols};
+		free(wf), free(wd);
+	}
+	return w;
+}
+
+static void heads_w_free(struct heads_w *w)
+{
+	for (int h = 0; h < w->nh; h++)
+		twin_free(&w->t[h]);
+	free(w->t), free(w->h), free(w->d);
+}
+
 /* matmul_heads: nh heads of (rows, cols), each its own allocation, activations and outputs strided
  * per head inside a token's row (the MLA absorption's layout), against nh CPU matmuls. */
 struct mh_run {
@@ -287,16 +317,8 @@ static void check_matmul_heads(int nh, int rows, int cols, int n, int hx, enum e
 {
 	size_t es = eng_dtype_size(dt);
 	int ldx = nh * hx, ldy = nh * rows;
-	struct twin *W = malloc(sizeof(struct twin) * (size_t)nh);
-	struct eng_w *wh = malloc(sizeof(struct eng_w) * (size_t)nh), *wg = malloc(sizeof(struct eng_w) * (size_t)nh);
-	for (int h = 0; h < nh; h++) {
-		float *wf = rand_f32((size_t)rows * cols, 0.05f);
-		void *wd = to_dtype(wf, (size_t)rows * cols, dt);
-		W[h] = twin_new(wd, (size_t)rows * cols * es);
-		wh[h] = (struct eng_w){W[h].h, dt, rows, cols, (size_t)cols};
-		wg[h] = (struct eng_w){W[h].d, dt, rows, cols, (size_t)cols};
-		free(wf), free(wd);
-	}
+	struct heads_w W = heads_w_new(nh, rows, cols, dt);
+	struct eng_w *wh = W.h, *wg = W.d;
 	float *xf = rand_f32((size_t)n * ldx, 1.0f);
 	struct twin X = twin_new(xf, (size_t)n * ldx * 4), Y = twin_new(NULL, (size_t)n * ldy * 4);
 	for (int h = 0; h < nh; h++)
@@ -311,10 +333,9 @@ static void check_matmul_heads(int nh, int rows, int cols, int n, int hx, enum e
 	snprintf(shape, sizeof(shape), "%s %dx W(%d,%d) n=%d", eng_dtype_name(dt), nh, rows, cols, n);
 	/* bf16 with whole 32-column chunks takes the tensor-core GEMV in fast mode (activations rounded) */
 	report("mm_heads", shape, e, dt == ENG_DT_BF16 && cols % 32 == 0 ? 3e-5 : 1e-10, us, (double)nh * rows * cols * es + (double)n * nh * (cols + rows) * 4);
-	for (int h = 0; h < nh; h++)
-		twin_free(&W[h]);
+	heads_w_free(&W);
 	twin_free(&X), twin_free(&Y);
-	free(W), free(wh), free(wg), free(xf);
+	free(xf);
 }
 
 /* ---- small ops ---- */
@@ -639,16 +660,8 @@ static void check_mla_uv(enum eng_kv_fmt fmt, int n_seqs, const int *ctx, int ti
 		maxc = SH_MAX(maxc, ctx[s]);
 	kvpair_new(&k, fmt, &shape, n_seqs, maxc);
 	kv_fill(&k, ctx, 1.0f);
-	struct twin *W = malloc(sizeof(struct twin) * (size_t)nh);
-	struct eng_w *wh = malloc(sizeof(struct eng_w) * (size_t)nh), *wg = malloc(sizeof(struct eng_w) * (size_t)nh);
-	for (int h = 0; h < nh; h++) {
-		float *wf = rand_f32((size_t)dv * R, 0.05f);
-		void *wd = to_dtype(wf, (size_t)dv * R, ENG_DT_BF16);
-		W[h] = twin_new(wd, (size_t)dv * R * 2);
-		wh[h] = (struct eng_w){W[h].h, ENG_DT_BF16, dv, R, (size_t)R};
-		wg[h] = (struct eng_w){W[h].d, ENG_DT_BF16, dv, R, (size_t)R};
-		free(wf), free(wd);
-	}
+	struct heads_w W = heads_w_new(nh, dv, R, ENG_DT_BF16);
+	struct eng_w *wh = W.h, *wg = W.d;
 	float *qlf = rand_f32((size_t)n * nh * R, 0.3f), *qpf = rand_f32((size_t)n * nh * dr, 0.3f);
 	struct twin QL = twin_new(qlf, (size_t)n * nh * R * 4), QP = twin_new(qpf, (size_t)n * nh * dr * 4);
 	struct twin O = twin_new(NULL, (size_t)n * nh * R * 4), A = twin_new(NULL, (size_t)n * nh * dv * 4);
@@ -681,10 +694,9 @@ static void check_mla_uv(enum eng_kv_fmt fmt, int n_seqs, const int *ctx, int ti
 		snprintf(s2, sizeof(s2), "%.70s (apart)", shape_s);
 		report("attn_mla_uv", s2, 0, 0, time_us(mlauv_go, &r, 20), bytes);
 	}
-	for (int h = 0; h < nh; h++)
-		twin_free(&W[h]);
+	heads_w_free(&W);
 	twin_free(&QL), twin_free(&QP), twin_free(&O), twin_free(&A);
-	free(W), free(wh), free(wg), free(qlf), free(qpf), free(pos), free(si), free(ids), free(sh), free(sd);
+	free(qlf), free(qpf), free(pos), free(si), free(ids), free(sh), free(sd);
 	kvpair_free(&k);
 }
 
@@ -731,16 +743,8 @@ static void check_mla_prep(enum eng_kv_fmt fmt, int n, const int32_t *pos, int n
 		kvpair_free(&k);
 		return;
 	}
-	struct twin *W = malloc(sizeof(struct twin) * (size_t)nh);
-	struct eng_w *wh = malloc(sizeof(struct eng_w) * (size_t)nh), *wg = malloc(sizeof(struct eng_w) * (size_t)nh);
-	for (int h = 0; h < nh; h++) {
-		float *wf = rand_f32((size_t)R * dn, 0.05f);
-		void *wd = to_dtype(wf, (size_t)R * dn, dt);
-		W[h] = twin_new(wd, (size_t)R * dn * es);
-		wh[h] = (struct eng_w){W[h].h, dt, R, dn, (size_t)dn};
-		wg[h] = (struct eng_w){W[h].d, dt, R, dn, (size_t)dn};
-		free(wf), free(wd);
-	}
+	struct heads_w W = heads_w_new(nh, R, dn, dt);
+	struct eng_w *wh = W.h, *wg = W.d;
 	float *qf = rand_f32(nq, 1.0f), *kvf = rand_f32(nkv, 2.0f), *nf = rand_f32((size_t)R, 1.0f);
 	struct twin Q = twin_new(qf, nq * 4), KV = twin_new(kvf, nkv * 4), NW = twin_new(nf, (size_t)R * 4);
 	struct twin QL = twin_new(NULL, (size_t)n * nh * R * 4), QP = twin_new(NULL, (size_t)n * nh * dr * 4);
@@ -787,10 +791,9 @@ static void check_mla_prep(enum eng_kv_fmt fmt, int n, const int32_t *pos, int n
 		double bytes = (double)nh * R * dn * es + 4.0 * (nq * 2 + nkv * 2 + (double)n * nh * (R + dr));
 		report("mla_prep", shape_s, 0, 0, us, bytes);
 	}
-	for (int h = 0; h < nh; h++)
-		twin_free(&W[h]);
+	heads_w_free(&W);
 	twin_free(&Q), twin_free(&KV), twin_free(&NW), twin_free(&QL), twin_free(&QP);
-	free(W), free(wh), free(wg), free(qf), free(kvf), free(nf), free(si), free(ids), free(sh), free(sd), free(rows);
+	free(qf), free(kvf), free(nf), free(si), free(ids), free(sh), free(sd), free(rows);
 	kvpair_free(&k);
 }
 
