@@ -32,14 +32,15 @@ for w in $what; do
 		tail -3 "$LOG/golden-fuse.log" ;;
 	benchfuse) KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --quick >"$LOG/bench-fuse.log" 2>&1; s=$?
 		cat "$LOG/bench-fuse.log" ;;
-	ab) : >"$LOG/ab.log"; s=0
+	ab) : >"$LOG/ab.log"
 		F=KVGATE_CUDA_FUSE=1
 		echo "${AB_SETTINGS:-;$F;$F,KVGATE_CUDA_DOWN1=0;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1;$F,KVGATE_CUDA_MLA_NS=8;$F,KVGATE_CUDA_MLA_NS=4;$F,KVGATE_CUDA_MLA_UV=0}" |
 			tr ';' '\n' | while read -r v; do
 			echo "== ${v:-defaults}" | tee -a "$LOG/ab.log"
-			env $(echo "$v" | tr ',' ' ') "$D/bench_cuda_decode" --quick 2>&1 | grep -E '^(bf16|steps|forward|kv)' |
-				tee -a "$LOG/ab.log"
-		done ;;
+			env $(echo "$v" | tr ',' ' ') "$D/bench_cuda_decode" --quick >"$LOG/ab-one.log" 2>&1 || echo "exit $?" >>"$LOG/ab-one.log"
+			grep -E '^(bf16|steps|forward|kv|exit)' "$LOG/ab-one.log" | tee -a "$LOG/ab.log"
+		done
+		! grep -q '^exit' "$LOG/ab.log"; s=$? ;;
 	timeline) { "$D/bench_cuda_decode" --timeline && KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --timeline; } \
 		>"$LOG/timeline.log" 2>&1; s=$?; cat "$LOG/timeline.log" ;;
 	sanitize) timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "$D/test_cuda_ops" --quick \
