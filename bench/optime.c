@@ -254,7 +254,9 @@ struct eng_backend *optime_wrap(struct eng_backend *in)
 	be->moe_ffn_shared = in->moe_ffn_shared ? ot_moesh : NULL;
 	be->mla_prep = in->mla_prep ? ot_prep : NULL;
 	be->attn_mla_uv = in->attn_mla_uv ? ot_mlauv : NULL;
-	return be; /* step_begin/step_end/step_forget stay NULL: every op runs eagerly */
+	/* step_begin/step_end/step_forget stay NULL: every op runs eagerly; so does prefetch: with a
+	 * wait after every op there is no chain for it to overlap */
+	return be;
 }
 
 void optime_reset(struct eng_backend *be)

@@ -154,6 +154,13 @@ struct eng_backend {
 			       const float *wt, int top_k, int n_experts, const struct eng_w *gate,
 			       const struct eng_w *up, const struct eng_w *down, const struct eng_w *sh, float *g,
 			       float *u, float *out, float *scratch);
+	/* A hint with no result: the ops issued next will read the weights w[0 .. nw - 1], in that
+	 * order, after ops that read little (a decode step's attention chain: the MLA prep, the
+	 * attention over the cache, the per-head products). A backend may start moving them closer
+	 * meanwhile (CUDA: into L2), so that memory streams while that chain's latency runs. n_tok:
+	 * the step's tokens (a prefill streams anyway; a backend may ignore the hint there). NULL:
+	 * nothing. */
+	void (*prefetch)(struct eng_backend *be, const struct eng_w *const *w, int nw, int n_tok);
 	/* Whole-step recording (CUDA graphs). The forward pass calls step_begin before its first op of a
 	 * step whose op sequence depends only on (owner, kv, b->n, the block-table length, variant), never
 	 * on the values of ids, positions or tables; then, when step_begin returned 0, it issues every op

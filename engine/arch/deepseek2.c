@@ -117,6 +117,17 @@ void eng_deepseek2_forward(struct eng_model *m, struct eng_kv *kv, const struct 
 			if (ql || !be->matmul2) /* compressed KV: latent and the shared rope key */
 				be->matmul(be, xn, H, n, &L->kv_a, NULL, kva, R + dr);        /* (n, R+dr) */
 		}
+		/* what the MLP reads first after the attention chain, which reads little: the output
+		 * projection, the router, the shared experts' (or the dense MLP's) gate and up */
+		if (be->prefetch) {
+			const struct eng_w *pf[4] = {&L->wo};
+			int np = 1;
+			if (L->moe)
+				pf[np++] = &L->router;
+			if (!L->moe || c->n_shared)
+				pf[np++] = &L->gate, pf[np++] = &L->up;
+			be->prefetch(be, pf, np, n);
+		}
 		/* the latent normed, k_pe roped, into the cache; q_pe roped */
 		int prep = !naive && be->mla_prep; /* these four ops and the absorbed path's q_lat, qpe in one */
 		if (prep) {

@@ -2,12 +2,14 @@
 # run.sh: on the GPU machine, from the repository root, after tests/cuda/build.sh made
 # build/cuda-carry here and it travelled: the op-by-op harness, the golden models on CUDA, the
 # decode bench, then compute-sanitizer (memcheck) over the quick harness. Logs go to $LOG
-# (default $OUT, else /tmp). Exit status: non-zero if a check failed.
+# (default $OUT, else /tmp), each target's seconds to $LOG/times.txt (to plan the next call within
+# the device's 10-minute limit). Exit status: non-zero if a check failed.
 #   sh tests/cuda/run.sh [ops|golden|bench|sanitize|optime|goldenfuse|benchfuse|timeline ...]
 #   (default: ops golden goldenfuse bench benchfuse sanitize)
 # optime: where a prefill's and a decode step's time goes, op by op (bench_cuda_decode --optime).
 # goldenfuse, benchfuse: the golden models and the quick bench with KVGATE_CUDA_FUSE=1 (the fused
-# decode ops, off by default until measured faster; compare with bench's rows of the same call).
+# decode ops, off by default until measured faster; compare with bench's rows of the same call);
+# goldenfuse also with the L2 prefetch hint (KVGATE_CUDA_L2PF=32), which must change no result.
 # ab: the quick bench's bf16 rows under each setting of the fused path (AB_SETTINGS: a list of
 # space-free env assignments joined by ",", ";" between settings), for the defaults.
 # timeline: decode steps at batch 1 and 8 as they run (graphs, PDL), kernel by kernel through CUPTI,
@@ -23,18 +25,20 @@ what=${*:-ops golden goldenfuse bench benchfuse sanitize}
 rc=0
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$LOG/gpu.txt"
 for w in $what; do
+	t0=$(date +%s)
 	case $w in
 	ops) "$D/test_cuda_ops" >"$LOG/ops.log" 2>&1; s=$?; cat "$LOG/ops.log" ;;
 	golden) "$D/test_cuda_golden" >"$LOG/golden.log" 2>&1; s=$?; cat "$LOG/golden.log" ;;
 	bench) "$D/bench_cuda_decode" >"$LOG/bench.log" 2>&1; s=$?; cat "$LOG/bench.log" ;;
 	optime) "$D/bench_cuda_decode" --optime >"$LOG/optime.log" 2>&1; s=$?; cat "$LOG/optime.log" ;;
-	goldenfuse) KVGATE_CUDA_FUSE=1 "$D/test_cuda_golden" >"$LOG/golden-fuse.log" 2>&1; s=$?
+	goldenfuse) KVGATE_CUDA_FUSE=1 KVGATE_CUDA_L2PF=32 "$D/test_cuda_golden" >"$LOG/golden-fuse.log" 2>&1; s=$?
 		tail -3 "$LOG/golden-fuse.log" ;;
 	benchfuse) KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --quick >"$LOG/bench-fuse.log" 2>&1; s=$?
 		cat "$LOG/bench-fuse.log" ;;
 	ab) : >"$LOG/ab.log"
 		F=KVGATE_CUDA_FUSE=1
-		echo "${AB_SETTINGS:-;$F;$F,KVGATE_CUDA_DOWN1=0;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1;$F,KVGATE_CUDA_MLA_NS=8;$F,KVGATE_CUDA_MLA_NS=4;$F,KVGATE_CUDA_MLA_UV=0}" |
+		P=KVGATE_CUDA_L2PF
+		echo "${AB_SETTINGS:-;$P=32;$F;$F,$P=32;$F,$P=16;$F,KVGATE_CUDA_DOWN1=0;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1;$F,KVGATE_CUDA_MLA_NS=8;$F,KVGATE_CUDA_MLA_UV=0}" |
 			tr ';' '\n' | while read -r v; do
 			echo "== ${v:-defaults}" | tee -a "$LOG/ab.log"
 			env $(echo "$v" | tr ',' ' ') "$D/bench_cuda_decode" --quick >"$LOG/ab-one.log" 2>&1 || echo "exit $?" >>"$LOG/ab-one.log"
@@ -47,5 +51,6 @@ for w in $what; do
 		>"$LOG/sanitize.log" 2>&1; s=$?; tail -5 "$LOG/sanitize.log" ;;
 	esac
 	[ $s -ne 0 ] && rc=$s && echo "== $w: exit $s"
+	echo "== $w: $(($(date +%s) - t0)) s" | tee -a "$LOG/times.txt"
 done
 exit $rc

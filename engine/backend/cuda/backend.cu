@@ -416,6 +416,11 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	c->fuse = fu && *fu == '1';
 	const char *d1 = getenv("KVGATE_CUDA_DOWN1");
 	c->down1 = !(d1 && *d1 == '0');
+	/* The prefetch hint (prefetch.cu): the bulk L2 prefetch is sm_90+; off until measured */
+	const char *pf = getenv("KVGATE_CUDA_L2PF");
+	long pfm = pf ? strtol(pf, NULL, 10) : 0;
+	if (c->prop.major >= 9 && pfm > 0)
+		c->l2pf = SH_MIN((size_t)SH_MIN(pfm, 4096L) << 20, (size_t)c->prop.l2CacheSize);
 	const char *gr = getenv("KVGATE_CUDA_GRAPHS");
 	c->step.disabled = gr && *gr == '0';
 
@@ -459,6 +464,8 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 		const char *uv = getenv("KVGATE_CUDA_MLA_UV"); /* =0: the merge kernel and uv apart (A/B) */
 		be->attn_mla_uv = uv && *uv == '0' ? NULL : cu_attn_mla_uv;
 	}
+	if (c->l2pf)
+		be->prefetch = cu_prefetch;
 	be->step_begin = cu_step_begin;
 	be->step_end = cu_step_end;
 	be->step_forget = cu_step_forget;

@@ -109,6 +109,7 @@ struct cu {
 				 * moe_ffn_shared, mla_prep, the two-launch MoE decode); see backend.cu */
 	int down1;              /* with fuse, one token's MoE down as one GEMV over all its experts
 				 * (moe_down1_kernel; KVGATE_CUDA_DOWN1=0: the per-expert blocks) */
+	size_t l2pf;            /* the prefetch hint's budget in bytes (KVGATE_CUDA_L2PF, MB; 0: no hint) */
 	struct cu_upload up[CU_UP_N];
 	void *scratch[CU_SCR_N]; /* workspaces, grown on demand (see cu_scratch) */
 	size_t scratch_bytes[CU_SCR_N];
@@ -198,6 +199,7 @@ void cu_matmul_heads(struct eng_backend *be, const float *x, int ldx, int hx, in
 void cu_moe_ffn(struct eng_backend *be, const float *x, int n, int dim, const int32_t *idx, const float *wt,
 		int top_k, int n_experts, const struct eng_w *gate, const struct eng_w *up, const struct eng_w *down,
 		float *out, float *scratch);
+void cu_prefetch(struct eng_backend *be, const struct eng_w *const *w, int nw, int n_tok);
 void cu_mla_prep(struct eng_backend *be, struct eng_kv *kv, int layer, const struct eng_batch *b, float *q, int nh,
 		 int dn, int dr, float *kva, int R, const float *kv_norm, float eps, const struct eng_rope *rope,
 		 const struct eng_w *uk, float *q_lat, float *q_pe_out);
