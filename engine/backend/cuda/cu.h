@@ -110,6 +110,8 @@ struct cu {
 	int down1;              /* with fuse, one token's MoE down as one GEMV over all its experts
 				 * (moe_down1_kernel; KVGATE_CUDA_DOWN1=0: the per-expert blocks) */
 	size_t l2pf;            /* the prefetch hint's budget in bytes (KVGATE_CUDA_L2PF, MB; 0: no hint) */
+	int tilepf;             /* MoE GEMV blocks bring their whole tile into L2 once their expert is known
+				 * (KVGATE_CUDA_TILEPF=1, sm_90+; gemv_tile_prefetch) */
 	struct cu_upload up[CU_UP_N];
 	void *scratch[CU_SCR_N]; /* workspaces, grown on demand (see cu_scratch) */
 	size_t scratch_bytes[CU_SCR_N];
@@ -562,6 +564,17 @@ __device__ __forceinline__ void cu_pdl_wait()
 __device__ __forceinline__ void cu_prefetch_l2(const void *p)
 {
 	asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
+/* A hint: bytes (a multiple of 16) at p (16-byte aligned) into L2 by the copy engine, one
+ * instruction however long (cp.async.bulk.prefetch, sm_90+; nothing before). */
+__device__ __forceinline__ void cu_bulk_prefetch_l2(const void *p, unsigned bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#else
+	(void)p, (void)bytes;
+#endif
 }
 
 /* Last-block-done: a block calls this (every thread) after writing its part of a result; it

@@ -23,10 +23,8 @@ __global__ void l2_prefetch_kernel(pf_list l)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #pragma unroll /* constant indices: the list stays in the parameter space */
 	for (int i = 0; i < PF_MAX; i++)
-		for (unsigned o = threadIdx.x * PF_CHUNK; o < l.bytes[i]; o += blockDim.x * PF_CHUNK) { /* 0 past n */
-			unsigned sz = min(PF_CHUNK, l.bytes[i] - o);
-			asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(l.p[i] + o), "r"(sz) : "memory");
-		}
+		for (unsigned o = threadIdx.x * PF_CHUNK; o < l.bytes[i]; o += blockDim.x * PF_CHUNK) /* 0 past n */
+			cu_bulk_prefetch_l2(l.p[i] + o, min(PF_CHUNK, l.bytes[i] - o));
 #endif
 	cu_pdl_wait();
 }
