@@ -292,12 +292,14 @@ bad:
 	return NULL;
 }
 
-static int build_one(const struct eng_api_ctx *ctx, const cJSON *body, struct sh_prompt *p, const char *param,
-		     struct eng_api_err *e)
+static int build_one(const struct eng_api_ctx *ctx, const cJSON *body, enum sh_prompt_kind kind, struct sh_prompt *p,
+		     const char *param, struct eng_api_err *e)
 {
 	struct sh_err err = {{0}};
 	sh_prompt_init(p);
-	int rc = sh_prompt_build(ctx->tok, ctx->chat, body, ctx->model, (size_t)ctx->block_size, p, &err);
+	int rc = sh_prompt_build(ctx->tok, ctx->chat, body, kind, ctx->model, (size_t)ctx->block_size, p, &err);
+	if (rc != SH_OK && p->param && strcmp(p->param, "prompt") && strcmp(p->param, "messages"))
+		param = p->param; /* suffix */
 	if (rc == SH_TOOBIG)
 		return fail(e, 413, param, NULL, "%s", err.msg);
 	if (rc != SH_OK)
@@ -342,7 +344,7 @@ static int build_completions(const struct eng_api_ctx *ctx, struct eng_api_req *
 		cJSON *one = cJSON_Duplicate(r->body, 1);
 		cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(el, 1));
 		add_prompt(r, &cap);
-		int rc = build_one(ctx, one, &r->prompts[r->n_prompts - 1], "prompt", e);
+		int rc = build_one(ctx, one, SH_PROMPT_COMPLETIONS, &r->prompts[r->n_prompts - 1], "prompt", e);
 		cJSON_Delete(one);
 		if (rc)
 			return rc;
@@ -400,7 +402,7 @@ int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, e
 		if (!field(r->body, param))
 			return fail(e, 400, "prompt", NULL, "'prompt' or 'messages' is required");
 		add_prompt(r, &cap);
-		return build_one(ctx, r->body, &r->prompts[0], param, e);
+		return build_one(ctx, r->body, SH_PROMPT_ANY, &r->prompts[0], param, e);
 	}
 	if (parse_sampling(r->body, r, e))
 		return SH_ERR;
@@ -417,7 +419,7 @@ int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, e
 		cJSON *chat = cJSON_CreateObject();
 		cJSON_AddItemToObject(chat, "messages", msgs);
 		add_prompt(r, &cap);
-		int rc = build_one(ctx, chat, &r->prompts[0], "input", e);
+		int rc = build_one(ctx, chat, SH_PROMPT_CHAT, &r->prompts[0], "input", e);
 		cJSON_Delete(chat);
 		if (rc)
 			return rc;
@@ -430,7 +432,7 @@ int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, e
 	if (!ctx->chat)
 		return fail(e, 400, "messages", NULL, "this model has no chat template; use /v1/completions");
 	add_prompt(r, &cap);
-	if (build_one(ctx, r->body, &r->prompts[0], "messages", e))
+	if (build_one(ctx, r->body, SH_PROMPT_CHAT, &r->prompts[0], "messages", e))
 		return SH_ERR;
 	return check_fits(ctx, r, "messages", e);
 }

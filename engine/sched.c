@@ -445,7 +445,7 @@ static void on_token(struct eng_sched *s, struct eng_seq *q, int32_t t, const fl
 	}
 	if (!fin && q->n_gen >= q->par.max_tokens)
 		fin = ENG_FIN_LENGTH;
-	if (fin && fin != ENG_FIN_STOP && q->detok) {
+	if (fin && q->detok) { /* bytes of an unfinished character: their replacement */
 		size_t n = 0;
 		const char *p = sh_tok_stream_finish(q->detok, &n);
 		if (n)
@@ -453,7 +453,9 @@ static void on_token(struct eng_sched *s, struct eng_seq *q, int32_t t, const fl
 	}
 	size_t send_to = q->text_len;
 	if (q->par.n_stop && stop_strings(q, &send_to))
-		fin = ENG_FIN_STOP;
+		fin = ENG_FIN_STOP; /* cut before the stop string */
+	else if (fin)
+		send_to = q->text_len; /* ending anyway (EOS, a stop id, the length): nothing to hold back */
 	const char *piece = q->text + q->text_sent;
 	size_t plen = send_to > q->text_sent ? send_to - q->text_sent : 0;
 	q->text_sent += plen;

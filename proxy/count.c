@@ -210,9 +210,11 @@ int px_count_stage(struct px_req *r)
 		return 400;
 	}
 	sh_prompt_init(&pr);
-	rc = sh_prompt_build(cand[0]->tok, cand[0]->chat, r->json, model ? model : px_pool_model(cand[0]),
-			     cand[0]->block, &pr, &err);
+	rc = sh_prompt_build(cand[0]->tok, cand[0]->chat, r->json,
+			     r->route == PX_ROUTE_CHAT ? SH_PROMPT_CHAT : SH_PROMPT_COMPLETIONS,
+			     model ? model : px_pool_model(cand[0]), cand[0]->block, &pr, &err);
 	if (rc == SH_PARSE) {
+		r->err_param = pr.param;  /* a string constant */
 		sh_prompt_release(&pr);
 		snprintf(r->err_buf, sizeof(r->err_buf), "%s", err.msg);
 		r->err_msg = r->err_buf;

@@ -3,6 +3,7 @@
  * content; DeepSeek-V3 gathers every system message up front; Qwen3 moves <think> blocks). */
 #include "chat.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -522,7 +523,9 @@ static int prompt_ids(struct sh_tok *tok, const cJSON *a, struct sh_tok_ids *out
 	size_t v = sh_tok_vocab_size(tok);
 	cJSON_ArrayForEach(e, a) {
 		double d = e->valuedouble;
-		if (d < 0 || d >= (double)v || d != (double)(int32_t)d)
+		if (d != floor(d))
+			return sh_errf(err, "prompt token id %g is not an integer", d), SH_PARSE;
+		if (d < 0 || d >= (double)v)
 			return sh_errf(err, "prompt token id %.0f is out of range", d), SH_PARSE;
 		sh_tok_ids_push(out, (int32_t)d);
 	}
@@ -530,7 +533,8 @@ static int prompt_ids(struct sh_tok *tok, const cJSON *a, struct sh_tok_ids *out
 }
 
 int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON *body,
-		    const char *model, size_t block, struct sh_prompt *out, struct sh_err *err)
+		    enum sh_prompt_kind kind, const char *model, size_t block, struct sh_prompt *out,
+		    struct sh_err *err)
 {
 	const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
 	const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(body, "prompt");
@@ -538,6 +542,11 @@ int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON 
 
 	if (!cJSON_IsObject(body))
 		return sh_errf(err, "the request body is not a JSON object"), SH_PARSE;
+	if (kind == SH_PROMPT_COMPLETIONS)
+		msgs = NULL;
+	else if (kind == SH_PROMPT_CHAT)
+		prompt = NULL;
+	out->param = msgs ? "messages" : "prompt";
 	if (msgs) {
 		const cJSON *agp = cJSON_GetObjectItemCaseSensitive(body, "add_generation_prompt");
 		const cJSON *kw = cJSON_GetObjectItemCaseSensitive(body, "chat_template_kwargs");
@@ -572,10 +581,10 @@ int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON 
 			return sh_errf(err, "batched prompts (%d) are not supported", cJSON_GetArraySize(p)),
 			       SH_DECLINED;
 		if (suffix && !cJSON_IsNull(suffix) && !cJSON_IsString(suffix))
-			return sh_errf(err, "suffix must be a string"), SH_PARSE;
+			return out->param = "suffix", sh_errf(err, "suffix must be a string"), SH_PARSE;
 		if (is_id_list(p)) {
 			if (cJSON_IsString(suffix) && *suffix->valuestring)
-				return sh_errf(err, "suffix needs a text prompt"), SH_PARSE;
+				return out->param = "suffix", sh_errf(err, "suffix needs a text prompt"), SH_PARSE;
 			if ((rc = prompt_ids(tok, p, &out->ids, err)) != SH_OK)
 				return rc;
 		} else if (cJSON_IsString(p)) {
@@ -585,7 +594,7 @@ int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON 
 							 suffix->valuestring, strlen(suffix->valuestring),
 							 &len, err);
 				if (!text)
-					return SH_DECLINED;
+					return out->param = "suffix", SH_DECLINED;
 				rc = sh_tok_encode(tok, text, len, SH_TOK_ADD_SPECIAL, &out->ids, err);
 				free(text);
 			} else {
@@ -598,6 +607,10 @@ int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON 
 			return sh_errf(err, "prompt must be a string, a list of strings or token ids"),
 			       SH_PARSE;
 		}
+	} else if (kind == SH_PROMPT_CHAT) {
+		return sh_errf(err, "'messages' is required"), SH_PARSE;
+	} else if (kind == SH_PROMPT_COMPLETIONS) {
+		return sh_errf(err, "'prompt' is required"), SH_PARSE;
 	} else {
 		return sh_errf(err, "the request has neither messages nor prompt"), SH_PARSE;
 	}

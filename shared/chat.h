@@ -72,12 +72,21 @@ struct sh_prompt {
 	size_t nhashes;
 	int chat;                /* 1: rendered from messages; 0: a completions prompt */
 	int approx;              /* something was not rendered (tools, non-text parts) */
+	const char *param;       /* after an error: the request field it is about */
+};
+
+/* Which field of a request body holds the prompt. */
+enum sh_prompt_kind {
+	SH_PROMPT_CHAT,          /* messages (chat completions); prompt is ignored */
+	SH_PROMPT_COMPLETIONS,   /* prompt and suffix; messages is ignored */
+	SH_PROMPT_ANY,           /* messages if present, else prompt (tokenize) */
 };
 void sh_prompt_init(struct sh_prompt *p);
 void sh_prompt_release(struct sh_prompt *p);
 
 /* The proxy's call: from a parsed OpenAI request body, the exact prompt ids, their count (ids.n)
- * and the prefix-block hashes (block tokens per block, seeded with the model name), in one pass.
+ * and the prefix-block hashes (block tokens per block, seeded with the model name), in one pass;
+ * kind says which field holds the prompt (the other is an unknown field there, ignored).
  *   chat:        body.messages rendered by chat, with the generation prompt unless
  *                body.add_generation_prompt is false (vLLM's field; default true), honouring
  *                body.chat_template_kwargs.enable_thinking=false, encoded without adding special
@@ -89,6 +98,7 @@ void sh_prompt_release(struct sh_prompt *p);
  * with the body, for a 400), SH_DECLINED (batched prompts, FIM without FIM tokens, no renderer),
  * or SH_TOOBIG (text over the tokenizer's cap). */
 int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON *body,
-		    const char *model, size_t block, struct sh_prompt *out, struct sh_err *err);
+		    enum sh_prompt_kind kind, const char *model, size_t block, struct sh_prompt *out,
+		    struct sh_err *err);
 
 #endif

@@ -40,11 +40,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int kind;
 
 	if (body) {
-		sh_prompt_init(&pr);
-		(void)sh_prompt_build(tok, chat, body, "kvgate-tiny-coder", 16, &pr, &err);
-		if (pr.nhashes > pr.ids.n / 16)
-			abort();
-		sh_prompt_release(&pr);
+		for (kind = SH_PROMPT_CHAT; kind <= SH_PROMPT_ANY; kind++) {
+			sh_prompt_init(&pr);
+			(void)sh_prompt_build(tok, chat, body, (enum sh_prompt_kind)kind, "kvgate-tiny-coder", 16, &pr,
+					      &err);
+			if (pr.nhashes > pr.ids.n / 16)
+				abort();
+			sh_prompt_release(&pr);
+		}
 		cJSON_Delete(body);
 	}
 	for (kind = ENG_API_COMPLETIONS; kind <= ENG_API_TOKENIZE; kind++) {

@@ -55,6 +55,16 @@ kv_eq "stop string (stream)" "$want" "$(kv_sse "$T/sts" 's.content')"
 tid=$(kv_jval "$T/gen0" 'j.ids[3]')
 kv_post "$P" /v1/completions "{\"prompt\":\"hello world, this is\",\"max_tokens\":24,\"ignore_eos\":true,\"temperature\":0,\"stop_token_ids\":[$tid]}" "$T/sti" >/dev/null
 kv_eq "stop_token_ids" "stop $(kv_jval "$T/gen0" 'j.ids.indexOf(j.ids[3])+1')" "$(kv_jval "$T/sti" 'j.choices[0].finish_reason+" "+j.usage.completion_tokens')"
+# a stop string whose start matches the text's end holds that end back; the stop id then ends the
+# sequence and the held text must still come (it was lost: Continue's "\n\n" cut FIM's last "\n")
+for st in false true; do
+	body=$(node -e 'const j=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));const a=[...j.choices[0].text];
+		process.stdout.write(JSON.stringify({prompt:"hello world, this is",max_tokens:24,ignore_eos:true,temperature:0,
+		stream:process.argv[3]==="true",stop_token_ids:[+process.argv[2]],stop:[a[a.length-1]+"\u0001zz"]}))' "$T/sti" "$tid" $st)
+	kv_post "$P" /v1/completions "$body" "$T/sth" >/dev/null
+	got=$(if [ $st = true ]; then kv_sse "$T/sth" 's.content'; else kv_jval "$T/sth" 'j.choices[0].text'; fi)
+	kv_eq "stop_token_ids + a stop string that never came (stream $st): nothing lost" "$(kv_jval "$T/sti" 'j.choices[0].text')" "$got"
+done
 
 # ---- 16 concurrent requests of mixed lengths = each alone ----
 i=0
@@ -127,6 +137,11 @@ kv_eq "prompt over max-model-len: 400" "400 context_length_exceeded" "$(kv_post 
 kv_match "context error names the limit" 'maximum context length is 256' "$(kv_jval "$T/e5" 'j.error.message')"
 kv_eq "huge max_tokens clamped" "200 length 250" "$(kv_post "$P" /v1/completions '{"prompt":"hello world","max_tokens":32000,"ignore_eos":true}' "$T/e6") $(kv_jval "$T/e6" 'j.choices[0].finish_reason+" "+j.usage.completion_tokens')"
 kv_eq "seed past 64 bits: 400" "400 seed" "$(kv_post "$P" /v1/completions '{"prompt":"a","seed":1e300}' "$T/e8") $(kv_jval "$T/e8" 'j.error.param')"
+kv_eq "suffix of the wrong type: 400 names suffix" "400 suffix" "$(kv_post "$P" /v1/completions '{"prompt":"a","suffix":5}' "$T/e10") $(kv_jval "$T/e10" 'j.error.param')"
+kv_eq "a non-integer prompt id: 400 says so" "400 prompt token id 1.5 is not an integer" "$(kv_post "$P" /v1/completions '{"prompt":[1.5]}' "$T/e11") $(kv_jval "$T/e11" 'j.error.message')"
+# messages is an unknown field on /v1/completions: ignored, the prompt is what runs
+kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":24,"ignore_eos":true,"temperature":0,"messages":"junk"}' "$T/e12" >/dev/null
+kv_eq "completions ignore a messages field" "$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/e12" 'j.choices[0].text')"
 kv_eq "max_tokens 1e300 clamped" "200 length" "$(kv_post "$P" /v1/completions '{"prompt":"hello world","max_tokens":1e300,"ignore_eos":true}' "$T/e9") $(kv_jval "$T/e9" 'j.choices[0].finish_reason')"
 kv_eq "unknown route: 404" 404 "$(kv_post "$P" /v2/nothing '{}' "$T/e7")"
 kv_eq "still serving" 200 "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/health")"

@@ -114,7 +114,7 @@ static void check_model(const char *model, const char *own_template)
 			struct sh_prompt p;
 			cJSON_AddItemReferenceToObject(body, "messages", cJSON_GetObjectItem(c, "messages"));
 			sh_prompt_init(&p);
-			ck_assert_int_eq(sh_prompt_build(tok, chat, body, "m", 16, &p, &err), SH_OK);
+			ck_assert_int_eq(sh_prompt_build(tok, chat, body, SH_PROMPT_CHAT, "m", 16, &p, &err), SH_OK);
 			ck_assert_uint_eq(p.ids.n, v.n);
 			ck_assert(!memcmp(p.ids.ids, v.ids, v.n * sizeof(int32_t)));
 			ck_assert_uint_eq(p.nhashes, v.n / 16);
@@ -198,7 +198,7 @@ START_TEST(fim_and_completions)
 
 	b = body_of("{\"prompt\": \"def f(\", \"suffix\": \"):\\n    pass\"}");
 	sh_prompt_init(&p);
-	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, "m", 16, &p, &err), SH_OK);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_ANY, "m", 16, &p, &err), SH_OK);
 	ck_assert_int_eq(p.ids.ids[0], 128801);    /* fim begin, as CLIENTS.md lists */
 	ck_assert_int_eq(p.ids.ids[p.ids.n - 1], 128802);
 	{
@@ -213,7 +213,7 @@ START_TEST(fim_and_completions)
 	/* the same prompt as a string, as a one-element list, as ids */
 	b = body_of("{\"prompt\": \"hello world, hello world, hello world, hello world, hello\"}");
 	sh_prompt_init(&p);
-	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, "m", 4, &p, &err), SH_OK);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_ANY, "m", 4, &p, &err), SH_OK);
 	ck_assert_int_eq(p.chat, 0);
 	{
 		struct sh_prompt q;
@@ -221,19 +221,19 @@ START_TEST(fim_and_completions)
 		cJSON *ids = cJSON_CreateIntArray(p.ids.ids, (int)p.ids.n), *b3 = cJSON_CreateObject();
 		cJSON_AddItemToObject(b3, "prompt", ids);
 		sh_prompt_init(&q);
-		ck_assert_int_eq(sh_prompt_build(tok, NULL, b2, "m", 4, &q, &err), SH_OK);
+		ck_assert_int_eq(sh_prompt_build(tok, NULL, b2, SH_PROMPT_ANY, "m", 4, &q, &err), SH_OK);
 		ck_assert_uint_eq(q.ids.n, p.ids.n);
 		ck_assert_uint_eq(q.nhashes, p.ids.n / 4);
 		ck_assert(!memcmp(q.hashes, p.hashes, q.nhashes * 8));
 		sh_prompt_release(&q);
 		sh_prompt_init(&q);
-		ck_assert_int_eq(sh_prompt_build(tok, NULL, b3, "m", 4, &q, &err), SH_OK);
+		ck_assert_int_eq(sh_prompt_build(tok, NULL, b3, SH_PROMPT_ANY, "m", 4, &q, &err), SH_OK);
 		ck_assert_uint_eq(q.ids.n, p.ids.n);
 		ck_assert(!memcmp(q.hashes, p.hashes, q.nhashes * 8));
 		sh_prompt_release(&q);
 		/* another model name seeds other hashes */
 		sh_prompt_init(&q);
-		ck_assert_int_eq(sh_prompt_build(tok, NULL, b3, "other", 4, &q, &err), SH_OK);
+		ck_assert_int_eq(sh_prompt_build(tok, NULL, b3, SH_PROMPT_ANY, "other", 4, &q, &err), SH_OK);
 		ck_assert(q.hashes[0] != p.hashes[0]);
 		sh_prompt_release(&q);
 		cJSON_Delete(b2);
@@ -245,22 +245,51 @@ START_TEST(fim_and_completions)
 	/* refusals */
 	b = body_of("{\"prompt\": [\"a\", \"b\"]}");
 	sh_prompt_init(&p);
-	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, "m", 16, &p, &err), SH_DECLINED);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_ANY, "m", 16, &p, &err), SH_DECLINED);
 	sh_prompt_release(&p);
 	cJSON_Delete(b);
 	b = body_of("{\"prompt\": [1, 2, 99999999]}");
 	sh_prompt_init(&p);
-	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, "m", 16, &p, &err), SH_PARSE);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_ANY, "m", 16, &p, &err), SH_PARSE);
 	sh_prompt_release(&p);
 	cJSON_Delete(b);
 	b = body_of("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}");
 	sh_prompt_init(&p);
-	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, "m", 16, &p, &err), SH_DECLINED);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_ANY, "m", 16, &p, &err), SH_DECLINED);
 	sh_prompt_release(&p);
 	cJSON_Delete(b);
 	b = body_of("{\"model\": \"x\"}");
 	sh_prompt_init(&p);
-	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, "m", 16, &p, &err), SH_PARSE);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_ANY, "m", 16, &p, &err), SH_PARSE);
+	sh_prompt_release(&p);
+	cJSON_Delete(b);
+	b = body_of("{\"prompt\": [1, 2.5]}");
+	sh_prompt_init(&p);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_COMPLETIONS, "m", 16, &p, &err), SH_PARSE);
+	ck_assert_str_eq(err.msg, "prompt token id 2.5 is not an integer");
+	ck_assert_str_eq(p.param, "prompt");
+	sh_prompt_release(&p);
+	cJSON_Delete(b);
+	b = body_of("{\"prompt\": \"x\", \"suffix\": 5}");
+	sh_prompt_init(&p);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_COMPLETIONS, "m", 16, &p, &err), SH_PARSE);
+	ck_assert_str_eq(p.param, "suffix");
+	sh_prompt_release(&p);
+	cJSON_Delete(b);
+	/* a completions body's messages, and a chat body's prompt, are unknown fields there */
+	b = body_of("{\"prompt\": \"hello\", \"messages\": \"junk\"}");
+	sh_prompt_init(&p);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_COMPLETIONS, "m", 16, &p, &err), SH_OK);
+	ck_assert_int_eq(p.chat, 0);
+	sh_prompt_release(&p);
+	sh_prompt_init(&p);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_CHAT, "m", 16, &p, &err), SH_DECLINED);
+	sh_prompt_release(&p);
+	cJSON_Delete(b);
+	b = body_of("{\"prompt\": \"hello\"}");
+	sh_prompt_init(&p);
+	ck_assert_int_eq(sh_prompt_build(tok, NULL, b, SH_PROMPT_CHAT, "m", 16, &p, &err), SH_PARSE);
+	ck_assert_str_eq(err.msg, "'messages' is required");
 	sh_prompt_release(&p);
 	cJSON_Delete(b);
 	sh_tok_free(tok);
@@ -284,7 +313,7 @@ START_TEST(bad_messages)
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		cJSON *b = body_of(bad[i]);
 		sh_prompt_init(&p);
-		ck_assert_int_eq(sh_prompt_build(tok, chat, b, "m", 16, &p, &err), SH_PARSE);
+		ck_assert_int_eq(sh_prompt_build(tok, chat, b, SH_PROMPT_CHAT, "m", 16, &p, &err), SH_PARSE);
 		sh_prompt_release(&p);
 		cJSON_Delete(b);
 	}
@@ -294,7 +323,7 @@ START_TEST(bad_messages)
 				   "[{\"type\": \"image_url\", \"image_url\": {\"url\": \"x\"}}, "
 				   "{\"type\": \"text\", \"text\": \"hi\"}]}]}");
 		sh_prompt_init(&p);
-		ck_assert_int_eq(sh_prompt_build(tok, chat, b, "m", 16, &p, &err), SH_OK);
+		ck_assert_int_eq(sh_prompt_build(tok, chat, b, SH_PROMPT_CHAT, "m", 16, &p, &err), SH_OK);
 		ck_assert_int_eq(p.approx, 1);
 		ck_assert_int_eq(p.chat, 1);
 		sh_prompt_release(&p);
@@ -307,7 +336,7 @@ START_TEST(bad_messages)
 		size_t len;
 		char *t;
 		sh_prompt_init(&p);
-		ck_assert_int_eq(sh_prompt_build(tok, chat, b, "m", 16, &p, &err), SH_OK);
+		ck_assert_int_eq(sh_prompt_build(tok, chat, b, SH_PROMPT_CHAT, "m", 16, &p, &err), SH_OK);
 		t = sh_tok_decode(tok, p.ids.ids, p.ids.n, 0, &len, NULL);
 		ck_assert_str_eq(t, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
 		free(t);
