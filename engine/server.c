@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -64,6 +65,7 @@ struct eng_conn {
 	struct eng_greq *g;             /* the generation being answered */
 	int busy;                       /* a request is being answered */
 	int keep_alive;
+	int head;                       /* the request is a HEAD: headers only */
 	int dead, close_after, in_parse;
 	char rid[128], user[64];
 	struct eng_conn *next, *prev, *next_dead;
@@ -83,6 +85,7 @@ struct eng_server {
 	void (*drained)(void *);
 	void *drained_ud;
 	uint64_t n_req;
+	uint64_t id_key;                /* random at start: response ids differ across instances and runs */
 	pthread_mutex_t met_mu;
 	struct sh_metrics reg;
 	struct sh_series *m_running, *m_waiting, *m_usage, *m_prompt, *m_gen, *m_pcq, *m_pch, *m_preempt;
@@ -138,7 +141,8 @@ static void conn_done(struct eng_conn *c)
 static void send_body(struct eng_conn *c, int status, const char *ctype, const char *body, size_t len)
 {
 	write_head(c, status, ctype, (long)len);
-	evbuffer_add(bufferevent_get_output(c->bev), body, len);
+	if (!c->head)
+		evbuffer_add(bufferevent_get_output(c->bev), body, len);
 	conn_done(c);
 }
 
@@ -624,12 +628,16 @@ static void efd_cb(evutil_socket_t fd, short what, void *arg)
 
 /* The seed of a request that carries none: the n-th such draw of a server started with --seed S is
  * the same every run (as vLLM's global generator seeded by --seed), whatever the clock. */
-static uint64_t rand_seed(struct eng_server *srv)
+static uint64_t mix64(uint64_t x)
 {
-	uint64_t x = srv->conf.seed * 0xD1B54A32D192ED03ull + ++srv->n_req * 0x9E3779B97F4A7C15ull;
 	x ^= x >> 31;
 	x *= 0xBF58476D1CE4E5B9ull;
 	return x ^ (x >> 29);
+}
+
+static uint64_t rand_seed(struct eng_server *srv)
+{
+	return mix64(srv->conf.seed * 0xD1B54A32D192ED03ull + ++srv->n_req * 0x9E3779B97F4A7C15ull);
 }
 
 static void handle_generate(struct eng_conn *c, enum eng_api_kind kind)
@@ -656,9 +664,9 @@ static void handle_generate(struct eng_conn *c, enum eng_api_kind kind)
 		r.prompt_texts = sh_calloc((size_t)r.n_prompts, sizeof(char *));
 	g->n_prompts = r.n_prompts;
 	g->created = sh_wall_s();
-	uint64_t rs = rand_seed(srv);
-	snprintf(g->id, sizeof(g->id), "%s%016" PRIx64, kind == ENG_API_CHAT ? "chatcmpl-" : kind == ENG_API_RESPONSES ? "resp_" : "cmpl-", rs);
-	snprintf(g->item_id, sizeof(g->item_id), "msg_%016" PRIx64, rs ^ 0x5555);
+	uint64_t id = mix64(srv->id_key + ++srv->n_req);
+	snprintf(g->id, sizeof(g->id), "%s%016" PRIx64, kind == ENG_API_CHAT ? "chatcmpl-" : kind == ENG_API_RESPONSES ? "resp_" : "cmpl-", id);
+	snprintf(g->item_id, sizeof(g->item_id), "msg_%016" PRIx64, mix64(id));
 	g->n_choices = r.n_prompts * r.n;
 	g->ch = sh_calloc((size_t)g->n_choices, sizeof(*g->ch));
 	if (kind == ENG_API_RESPONSES)
@@ -931,6 +939,7 @@ static void route(struct eng_conn *c)
 	h = sh_http_header(&c->msg, "x-kvgate-user", &hl);
 	snprintf(c->user, sizeof(c->user), "%.*s", h ? (int)SH_MIN(hl, sizeof(c->user) - 1) : 0, h ? h : "");
 	c->keep_alive = sh_http_keep_alive(&c->msg);
+	c->head = method == HTTP_HEAD;
 	c->busy = 1;
 
 	int get = method == HTTP_GET || method == HTTP_HEAD, post = method == HTTP_POST;
@@ -979,7 +988,17 @@ static int on_body(struct sh_http_msg *m, void *ud, const char *at, size_t len)
 	return evbuffer_add(c->body, at, len);
 }
 
-static const struct sh_http_cbs conn_cbs = {NULL, on_body, NULL};
+/* Expect: 100-continue (curl sends it for bodies over 1 KB and waits a second for the answer): the
+ * body is welcome, its declared size already checked against the cap. */
+static int on_headers(struct sh_http_msg *m, void *ud)
+{
+	struct eng_conn *c = ud;
+	if (sh_http_header_is(m, "expect", "100-continue") && sh_http_version_minor(m) >= 1)
+		bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+	return 0;
+}
+
+static const struct sh_http_cbs conn_cbs = {on_headers, on_body, NULL};
 
 static void conn_parse(struct eng_conn *c)
 {
@@ -1233,6 +1252,8 @@ struct eng_server *eng_server_new(struct event_base *base, const struct eng_serv
 	srv->sched = sched;
 	srv->ctx = ctx;
 	srv->efd = -1;
+	if (getrandom(&srv->id_key, sizeof(srv->id_key), 0) != sizeof(srv->id_key))
+		srv->id_key = (uint64_t)sh_now_us() ^ ((uint64_t)sh_wall_s() << 20) ^ ((uint64_t)getpid() << 40);
 	pthread_mutex_init(&srv->met_mu, NULL);
 	metrics_init(srv);
 	snprintf(addr, sizeof(addr), strchr(conf->host, ':') ? "[%s]:%d" : "%s:%d", conf->host, conf->port);

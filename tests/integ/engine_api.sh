@@ -147,4 +147,20 @@ kv_eq "unknown route: 404" 404 "$(kv_post "$P" /v2/nothing '{}' "$T/e7")"
 kv_eq "still serving" 200 "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/health")"
 kv_match "/metrics shows memory" 'kvgate_engine_memory_weights_bytes' "$(curl -s "http://127.0.0.1:$P/metrics" | grep memory)"
 
+# ---- HTTP: HEAD has no body (the next answer on the connection must start clean), Expect ----
+if kv_raw "$P" 'send:HEAD /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' \
+	'closed:3000' 'count:2:HTTP/1\.1 200' 'count:0:"object"'; then kv_ok "HEAD: headers only, keep-alive intact"
+else kv_fail "HEAD: $(cat "$KV_TMP/raw.err") $(head -c 300 "$KV_TMP/raw.out")"; fi
+if kv_raw "$P" 'send:POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 29\r\nExpect: 100-continue\r\n\r\n' \
+	'expect:2000:^HTTP/1\.1 100 Continue\r\n\r\n$' 'send:{"prompt":"a","max_tokens":1}' 'expect:5000:HTTP/1\.1 200'; then
+	kv_ok "Expect: 100-continue answered before the body"
+else kv_fail "Expect: $(cat "$KV_TMP/raw.err") $(head -c 300 "$KV_TMP/raw.out")"; fi
+
+# ---- response ids: random per start (two engines' first ids differ; they were equal) ----
+kv_start_engine P2
+kv_post "$P2" /v1/completions '{"prompt":"a","max_tokens":1}' "$T/id2" >/dev/null
+kv_start_engine P3
+kv_post "$P3" /v1/completions '{"prompt":"a","max_tokens":1}' "$T/id3" >/dev/null
+kv_eq "two engines' first ids differ" true "$(node -e 'const f=require("fs");const a=JSON.parse(f.readFileSync(process.argv[1])).id,b=JSON.parse(f.readFileSync(process.argv[2])).id;process.stdout.write(String(a!==b&&/^cmpl-/.test(a)))' "$T/id2" "$T/id3")"
+
 kv_done
