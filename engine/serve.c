@@ -117,13 +117,23 @@ static void drained(void *ud)
 	event_base_loopexit(g_base, NULL);
 }
 
+/* The first time: the requests left end with a 503 (or an error event in their stream), and the
+ * loop stops once those answers are written (drained), or after 2 s more whatever they wait for. */
 static void drain_timeout(evutil_socket_t fd, short what, void *arg)
 {
+	static int aborted;
 	(void)fd;
 	(void)what;
-	(void)arg;
-	fprintf(stderr, "kvgate-engine: --shutdown-timeout (%d s) passed: stopping the requests left\n", g_shutdown_s);
-	event_base_loopexit(g_base, NULL);
+	if (aborted++) {
+		fprintf(stderr, "kvgate-engine: stopping with answers unsent\n");
+		event_base_loopexit(g_base, NULL);
+		return;
+	}
+	int n = eng_server_abort(arg, "the engine is shutting down (--shutdown-timeout passed)");
+	fprintf(stderr, "kvgate-engine: --shutdown-timeout (%d s) passed: %d request(s) stopped with an error\n",
+		g_shutdown_s, n);
+	struct timeval tv = {2, 0};
+	evtimer_add(g_drain_timer, &tv);
 }
 
 /* The first SIGTERM/SIGINT drains (arg: the server), the second stops at once. */
@@ -349,7 +359,7 @@ int eng_serve_main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	sig_int = evsignal_new(g_base, SIGINT, on_signal, srv);
 	sig_term = evsignal_new(g_base, SIGTERM, on_signal, srv);
-	g_drain_timer = evtimer_new(g_base, drain_timeout, NULL);
+	g_drain_timer = evtimer_new(g_base, drain_timeout, srv);
 	event_add(sig_int, NULL);
 	event_add(sig_term, NULL);
 	fprintf(stderr, "kvgate-engine: serving %s as '%s' on %s:%d (%s, weights %.1f MB, workspace %.1f MB, kv %s: %d blocks of %d tokens = %.1f MB, "

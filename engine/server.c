@@ -397,6 +397,32 @@ static void greq_free(struct eng_greq *g)
 	free(g);
 }
 
+/* Ends g with an error: a stream (its head already sent) gets an error event and its end, anything
+ * else the status with an OpenAI error body; its sequences are cancelled. */
+static void greq_fail(struct eng_greq *g, int status, const char *msg)
+{
+	struct eng_conn *c = g->c;
+	int stream = g->stream, kind = g->kind;
+	greq_free(g);
+	if (!stream) {
+		send_error(c, status, msg, NULL, NULL);
+		return;
+	}
+	char *e = sh_http_error_json(msg, sh_http_error_type(status), NULL, NULL);
+	size_t n = strlen(e) + 16;
+	char *b = sh_malloc(n);
+	int k = snprintf(b, n, "data: %s\n\n", e);
+	chunk(c, b, (size_t)k);
+	free(b);
+	free(e);
+	if (kind != ENG_API_RESPONSES) {
+		static const char done[] = "data: [DONE]\n\n";
+		chunk(c, done, sizeof(done) - 1);
+	}
+	evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+	conn_done(c);
+}
+
 /* Every choice finished: the end of the stream, or the whole response. */
 static void greq_complete(struct eng_greq *g)
 {
@@ -413,16 +439,12 @@ static void greq_complete(struct eng_greq *g)
 		sh_series_add(sh_series_get(srv->m_success, lab), 1);
 	}
 	pthread_mutex_unlock(&srv->met_mu);
+	if (failed) {
+		greq_fail(g, 500, "the engine failed while generating");
+		return;
+	}
 	if (g->stream) {
-		if (failed) {
-			char *e = sh_http_error_json("the engine failed while generating", "server_error", NULL, NULL);
-			size_t n = strlen(e) + 16;
-			char *b = sh_malloc(n);
-			int k = snprintf(b, n, "data: %s\n\n", e);
-			chunk(c, b, (size_t)k);
-			free(b);
-			free(e);
-		} else if (g->kind == ENG_API_RESPONSES) {
+		if (g->kind == ENG_API_RESPONSES) {
 			cJSON *o = resp_item_ev(g);
 			cJSON_AddItemToObject(o, "text", jstr_buf(g->all));
 			resp_event(g, "response.output_text.done", o);
@@ -457,11 +479,6 @@ static void greq_complete(struct eng_greq *g)
 		evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
 		greq_free(g);
 		conn_done(c);
-		return;
-	}
-	if (failed) {
-		greq_free(g);
-		send_error(c, 500, "the engine failed while generating", NULL, NULL);
 		return;
 	}
 	cJSON *o;
@@ -1152,6 +1169,19 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	srv->drained = NULL;
 	if (done)
 		done(srv->drained_ud);
+}
+
+int eng_server_abort(struct eng_server *srv, const char *msg)
+{
+	int n = 0;
+	for (struct eng_conn *c = srv->conns, *nx; c; c = nx) {
+		nx = c->next;
+		if (c->g && !c->dead) {
+			greq_fail(c->g, 503, msg);
+			n++;
+		}
+	}
+	return n;
 }
 
 int eng_server_drain(struct eng_server *srv, void (*done)(void *ud), void *ud)

@@ -56,6 +56,10 @@ void eng_server_notify(void *ud);
  * connections, lets the requests being answered finish (each connection closes after its answer)
  * and then calls done(ud) once, from the event loop. Returns how many requests are in flight. */
 int eng_server_drain(struct eng_server *srv, void (*done)(void *ud), void *ud);
+/* Ends every request in flight with msg: a 503, or in a stream that started an error event and
+ * the stream's end; their sequences are cancelled (the drain's --shutdown-timeout). Returns how
+ * many. */
+int eng_server_abort(struct eng_server *srv, const char *msg);
 /* Stops listening and closes every connection (their sequences are cancelled). */
 void eng_server_free(struct eng_server *srv);
 

@@ -57,10 +57,15 @@ exit_of "$E" 3000
 kv_eq "idle: exit 0" 0 "$RC"
 kv_le "idle: at once (ms)" $(($(kv_now) - t0)) 2000
 
-# ---- --shutdown-timeout cuts a long request short ----
+# ---- --shutdown-timeout cuts long requests short, each with an error ----
 STEP_MS=50 kv_start_engine R --shutdown-timeout 1
 E=$KV_BG_PID
 long_stream "$R" "$T/s2.out"
+curl -s --max-time 30 -o "$T/n2.out" -w '%{http_code}' "http://127.0.0.1:$R/v1/completions" \
+	-d '{"prompt":"hello","max_tokens":400,"ignore_eos":true}' >"$T/n2.code" &
+NPID=$!
+running2() { [ "$(kv_engine_metric "$1" vllm:num_requests_running)" = 2 ]; }
+kv_wait_for "both run" 3000 running2 "$R" || kv_fail "the non-streamed request on $R did not start"
 t0=$(kv_now)
 kill -TERM "$E"
 exit_of "$E" 6000
@@ -69,7 +74,12 @@ dt=$(($(kv_now) - t0))
 kv_ge "timeout: not before 1 s (ms)" "$dt" 900
 kv_le "timeout: long before the 20 s the request needs (ms)" "$dt" 5000
 wait "$CPID"
-kv_nomatch "the cut stream has no [DONE]" "data: \[DONE\]" "$(cat "$T/s2.out")"
+kv_eq "the cut stream ends whole (curl status)" 0 $?
+kv_match "the cut stream: an error event" 'data: \{"error":\{"message":"the engine is shutting down' "$(cat "$T/s2.out")"
+kv_match "then [DONE]" 'data: \[DONE\]$' "$(cat "$T/s2.out")"
+wait "$NPID"
+kv_eq "the cut non-streamed request: 503" 503 "$(cat "$T/n2.code")"
+kv_eq "with an OpenAI error" "the engine is shutting down (--shutdown-timeout passed)" "$(kv_jval "$T/n2.out" 'j.error.message')"
 kv_file_has "the log names the timeout" "shutdown-timeout \\(1 s\\) passed" "$KV_TMP/engine-$R.log"
 
 # ---- a second signal stops at once ----
