@@ -1,6 +1,7 @@
 /* api.c: see api.h. */
 #include "api.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -97,10 +98,38 @@ static int parse_stop(const cJSON *body, struct eng_seq_params *p, struct eng_ap
 		p->stop_ids = sh_calloc((size_t)(n ? n : 1), sizeof(int32_t));
 		for (int i = 0; i < n; i++) {
 			const cJSON *s = cJSON_GetArrayItem(v, i);
-			if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > INT32_MAX)
+			if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > INT32_MAX ||
+			    s->valuedouble != floor(s->valuedouble))
 				return fail(e, 400, "stop_token_ids", NULL, "'stop_token_ids' must be a list of token ids");
 			p->stop_ids[p->n_stop_ids++] = (int32_t)s->valuedouble;
 		}
+	}
+	return SH_OK;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100], ...} (OpenAI's keys are strings) */
+static int parse_bias(const cJSON *body, size_t vocab, struct eng_sampling *s, struct eng_api_err *e)
+{
+	const cJSON *v = field(body, "logit_bias"), *it;
+	if (!v)
+		return SH_OK;
+	int n = cJSON_IsObject(v) ? cJSON_GetArraySize(v) : -1;
+	if (n < 0 || n > ENG_MAX_BIAS)
+		return fail(e, 400, "logit_bias", NULL, "'logit_bias' must be an object of at most %d token ids to biases",
+			    ENG_MAX_BIAS);
+	s->bias_ids = sh_malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+	s->bias = sh_malloc(sizeof(float) * (size_t)(n ? n : 1));
+	cJSON_ArrayForEach(it, v) {
+		char *end;
+		errno = 0;
+		long id = strtol(it->string, &end, 10);
+		if (end == it->string || *end || errno || id < 0 || (size_t)id >= vocab)
+			return fail(e, 400, "logit_bias", NULL, "logit_bias: '%.40s' is not a token id of this model (0..%zu)",
+				    it->string, vocab - 1);
+		if (!cJSON_IsNumber(it) || !(it->valuedouble >= -100 && it->valuedouble <= 100))
+			return fail(e, 400, "logit_bias", NULL, "logit_bias: the bias of %ld must be a number in [-100, 100]", id);
+		s->bias_ids[s->n_bias] = (int32_t)id;
+		s->bias[s->n_bias++] = (float)it->valuedouble;
 	}
 	return SH_OK;
 }
@@ -174,6 +203,12 @@ static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_a
 	if (get_int(body, "n", 1, ENG_API_MAX_N, &i, e))
 		return SH_ERR;
 	r->n = (int)i;
+	i = r->n;
+	if (get_int(body, "best_of", 1, ENG_API_MAX_N, &i, e))
+		return SH_ERR;
+	if (i != r->n)
+		return fail(e, 400, "best_of", NULL, i < r->n ? "'best_of' must be at least n (%d)" :
+			    "'best_of' above n is not supported (n is %d)", r->n);
 	if (parse_stop(body, p, e))
 		return SH_ERR;
 	/* logprobs: an integer for completions, a boolean (+ top_logprobs) for chat */
@@ -183,6 +218,8 @@ static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_a
 		int64_t top = 0;
 		if (get_bool(body, "logprobs", &on, e) || get_int(body, "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &top, e))
 			return SH_ERR;
+		if (field(body, "top_logprobs") && !on)
+			return fail(e, 400, "top_logprobs", NULL, "'top_logprobs' needs 'logprobs': true");
 		p->logprobs = on ? (int)top : -1;
 	} else if (lp && r->kind == ENG_API_COMPLETIONS) {
 		int64_t k = 0;
@@ -404,7 +441,7 @@ int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, e
 		add_prompt(r, &cap);
 		return build_one(ctx, r->body, SH_PROMPT_ANY, &r->prompts[0], param, e);
 	}
-	if (parse_sampling(r->body, r, e))
+	if (parse_sampling(r->body, r, e) || parse_bias(r->body, sh_tok_vocab_size(ctx->tok), &r->par.smp, e))
 		return SH_ERR;
 	if (kind == ENG_API_COMPLETIONS) {
 		if (build_completions(ctx, r, e))
@@ -472,6 +509,15 @@ void eng_api_seq_params(const struct eng_api_req *r, int choice, uint64_t random
 	if (r->par.n_stop_ids) {
 		out->stop_ids = sh_malloc(sizeof(int32_t) * (size_t)r->par.n_stop_ids);
 		memcpy(out->stop_ids, r->par.stop_ids, sizeof(int32_t) * (size_t)r->par.n_stop_ids);
+	}
+	out->smp.bias_ids = NULL;
+	out->smp.bias = NULL;
+	if (r->par.smp.n_bias) {
+		size_t nb = (size_t)r->par.smp.n_bias;
+		out->smp.bias_ids = sh_malloc(sizeof(int32_t) * nb);
+		out->smp.bias = sh_malloc(sizeof(float) * nb);
+		memcpy(out->smp.bias_ids, r->par.smp.bias_ids, sizeof(int32_t) * nb);
+		memcpy(out->smp.bias, r->par.smp.bias, sizeof(float) * nb);
 	}
 	out->seed = r->seeded ? r->par.seed + (uint64_t)choice : random_seed;
 	out->max_tokens = max_tokens;

@@ -5,8 +5,10 @@
  * strings up to ENG_MAX_STOP; max_tokens / max_completion_tokens / max_output_tokens larger than
  * the room left are clamped to it by the caller, never refused. Refused (400, the parameter named
  * in `param`): bad JSON, a field of the wrong type, values out of range (negative max_tokens,
- * temperature < 0, top_p outside (0, 1], n outside 1..16, logprobs over 20), a prompt that does
- * not fit max-model-len by itself (code context_length_exceeded); an unknown model is 404. */
+ * temperature < 0, top_p outside (0, 1], n outside 1..16, logprobs over 20, a logit_bias key that
+ * is no token id or a bias outside [-100, 100], best_of other than n, top_logprobs without
+ * logprobs), a prompt that does not fit max-model-len by itself (code context_length_exceeded); an
+ * unknown model is 404. */
 #ifndef ENG_API_H
 #define ENG_API_H
 

@@ -108,6 +108,10 @@ int32_t eng_sampler_sample(struct eng_sampler *s, float *logits, int V, const in
 
 	if (penal || cut || p->temperature > 0)
 		reserve(s, V);
+	/* 0. logit_bias (ids checked against the vocabulary when parsed) */
+	for (int i = 0; i < p->n_bias; i++)
+		if (p->bias_ids[i] >= 0 && p->bias_ids[i] < V)
+			logits[p->bias_ids[i]] += p->bias[i];
 	/* 1. penalties */
 	if (penal) {
 		int32_t *cnt = s->count;

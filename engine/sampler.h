@@ -1,6 +1,6 @@
 /* sampler.h: next-token choice from one sequence's logits.
  *
- * Order, as vLLM applies it: repetition penalty (prompt and output tokens: positive logits divided,
+ * Order, as vLLM applies it: logit_bias, repetition penalty (prompt and output tokens: positive logits divided,
  * negative multiplied), presence and frequency penalties (output tokens only), then greedy at
  * temperature 0, else softmax(logits / T) cut by top_k, top_p and min_p and sampled with the
  * sequence's own generator (xorshift64*). The generator belongs to the sequence, never to the
@@ -19,6 +19,11 @@ struct eng_sampling {
 	float presence_penalty;     /* [-2, 2] */
 	float frequency_penalty;    /* [-2, 2] */
 	float repetition_penalty;   /* > 0; 1: off */
+	/* logit_bias: bias[i] added to token bias_ids[i]'s logit before everything else; the arrays
+	 * belong to whoever holds this (eng_seq_params: eng_seq_params_release frees them) */
+	int32_t *bias_ids;
+	float *bias;
+	int n_bias;
 };
 
 void eng_sampling_defaults(struct eng_sampling *p);

@@ -12,9 +12,14 @@ void eng_seq_params_release(struct eng_seq_params *p)
 		free(p->stop[i]);
 	free(p->stop);
 	free(p->stop_ids);
+	free(p->smp.bias_ids);
+	free(p->smp.bias);
 	p->stop = NULL;
 	p->stop_ids = NULL;
 	p->n_stop = p->n_stop_ids = 0;
+	p->smp.bias_ids = NULL;
+	p->smp.bias = NULL;
+	p->smp.n_bias = 0;
 }
 
 struct eng_seq *eng_seq_new(const int32_t *prompt, int n_prompt, struct eng_seq_params *p)

@@ -20,6 +20,7 @@
 #define ENG_MAX_STOP 64         /* stop strings per request */
 #define ENG_MAX_STOP_LEN 512    /* bytes per stop string */
 #define ENG_MAX_STOP_IDS 256
+#define ENG_MAX_BIAS 1024       /* logit_bias entries */
 
 enum eng_seq_state { ENG_SEQ_NEW, ENG_SEQ_WAITING, ENG_SEQ_RUNNING, ENG_SEQ_DONE };
 enum eng_finish { ENG_FIN_NONE = 0, ENG_FIN_STOP, ENG_FIN_LENGTH, ENG_FIN_ABORT, ENG_FIN_ERROR };

@@ -139,6 +139,16 @@ kv_eq "huge max_tokens clamped" "200 length 250" "$(kv_post "$P" /v1/completions
 kv_eq "seed past 64 bits: 400" "400 seed" "$(kv_post "$P" /v1/completions '{"prompt":"a","seed":1e300}' "$T/e8") $(kv_jval "$T/e8" 'j.error.param')"
 kv_eq "suffix of the wrong type: 400 names suffix" "400 suffix" "$(kv_post "$P" /v1/completions '{"prompt":"a","suffix":5}' "$T/e10") $(kv_jval "$T/e10" 'j.error.param')"
 kv_eq "a non-integer prompt id: 400 says so" "400 prompt token id 1.5 is not an integer" "$(kv_post "$P" /v1/completions '{"prompt":[1.5]}' "$T/e11") $(kv_jval "$T/e11" 'j.error.message')"
+# logit_bias: -100 on the greedy first token moves greedy off it (it was ignored)
+t0=$(kv_jval "$T/gen0" 'j.ids[0]')
+kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":1,"temperature":0}' "$T/lb0" >/dev/null
+kv_post "$P" /v1/completions "{\"prompt\":\"hello world, this is\",\"max_tokens\":1,\"temperature\":0,\"logit_bias\":{\"$t0\":-100}}" "$T/lb1" >/dev/null
+kv_eq "logit_bias -100 moves greedy off the token" true "$(node -e 'const f=require("fs"),t=x=>JSON.parse(f.readFileSync(x)).choices[0].text;process.stdout.write(String(t(process.argv[1])!==t(process.argv[2])))' "$T/lb0" "$T/lb1")"
+kv_eq "logit_bias of the wrong type: 400" "400 logit_bias" "$(kv_post "$P" /v1/completions '{"prompt":"a","logit_bias":"x"}' "$T/e13") $(kv_jval "$T/e13" 'j.error.param')"
+kv_eq "logit_bias key not a token: 400" "400 logit_bias" "$(kv_post "$P" /v1/completions '{"prompt":"a","logit_bias":{"99999999":1}}' "$T/e14") $(kv_jval "$T/e14" 'j.error.param')"
+kv_eq "best_of < n: 400" "400 best_of" "$(kv_post "$P" /v1/completions '{"prompt":"a","n":3,"best_of":1}' "$T/e15") $(kv_jval "$T/e15" 'j.error.param')"
+kv_eq "top_logprobs without logprobs: 400" "400 top_logprobs" "$(kv_post "$P" /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"top_logprobs":3}' "$T/e16") $(kv_jval "$T/e16" 'j.error.param')"
+kv_eq "a non-integer stop token id: 400" "400 stop_token_ids" "$(kv_post "$P" /v1/completions '{"prompt":"a","stop_token_ids":[1.5]}' "$T/e17") $(kv_jval "$T/e17" 'j.error.param')"
 # messages is an unknown field on /v1/completions: ignored, the prompt is what runs
 kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":24,"ignore_eos":true,"temperature":0,"messages":"junk"}' "$T/e12" >/dev/null
 kv_eq "completions ignore a messages field" "$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/e12" 'j.choices[0].text')"
