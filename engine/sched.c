@@ -508,7 +508,7 @@ static int step(struct eng_sched *s)
 		if (!q->admitted) {
 			q->n_cached = q->kv.n_tokens;
 			pthread_mutex_lock(&s->mu);
-			s->st.prompt_tokens += (uint64_t)q->n_prompt;
+			s->st.prompt_tokens += q->prompt_shared ? 0 : (uint64_t)q->n_prompt;
 			pthread_mutex_unlock(&s->mu);
 		}
 		q->admitted = 1;

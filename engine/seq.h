@@ -52,6 +52,7 @@ struct eng_seq {
 	/* set before submission, read-only after */
 	uint64_t id;
 	int index;                      /* choice index in its request */
+	int prompt_shared;              /* a later choice of one prompt (n > 1): its prompt is counted once */
 	char user[64];                  /* x-kvgate-user, "" when none: fairness key */
 	struct eng_seq_params par;
 	int64_t t_arrival_us;

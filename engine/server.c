@@ -367,13 +367,25 @@ static cJSON *resp_item_ev(const struct eng_greq *g)
 	return o;
 }
 
+/* A choice ended (fin: ENG_FIN_*; NONE: cut short, counted as an abort) in the success counter. */
+static void count_finish(struct eng_server *srv, int fin)
+{
+	const char *f = eng_api_finish_name(fin);
+	char lab[200];
+	snprintf(lab, sizeof(lab), "finished_reason=\"%s\",model_name=\"%s\"", f ? f : "abort", srv->conf.model_name);
+	pthread_mutex_lock(&srv->met_mu);
+	sh_series_add(sh_series_get(srv->m_success, lab), 1);
+	pthread_mutex_unlock(&srv->met_mu);
+}
+
 static void greq_free(struct eng_greq *g)
 {
 	struct eng_server *srv = g->c->srv;
 	int cancelled = 0;
 	for (int i = 0; i < g->n_choices; i++) {
 		struct eng_choice *ch = &g->ch[i];
-		if (ch->seq) {
+		if (ch->seq) { /* still running: the client went away, or the engine stops it */
+			count_finish(srv, ENG_FIN_ABORT);
 			pthread_mutex_lock(&srv->sched->out_mu);
 			ch->seq->ud = NULL;
 			pthread_mutex_unlock(&srv->sched->out_mu);
@@ -429,16 +441,10 @@ static void greq_complete(struct eng_greq *g)
 	struct eng_conn *c = g->c;
 	struct eng_server *srv = c->srv;
 	int failed = 0;
-	for (int i = 0; i < g->n_choices; i++)
-		failed |= g->ch[i].fin == ENG_FIN_ERROR || g->ch[i].fin == ENG_FIN_ABORT;
-	pthread_mutex_lock(&srv->met_mu);
 	for (int i = 0; i < g->n_choices; i++) {
-		const char *f = eng_api_finish_name(g->ch[i].fin);
-		char lab[48];
-		snprintf(lab, sizeof(lab), "finished_reason=\"%s\"", f ? f : "abort");
-		sh_series_add(sh_series_get(srv->m_success, lab), 1);
+		failed |= g->ch[i].fin == ENG_FIN_ERROR || g->ch[i].fin == ENG_FIN_ABORT;
+		count_finish(srv, g->ch[i].fin);
 	}
-	pthread_mutex_unlock(&srv->met_mu);
 	if (failed) {
 		greq_fail(g, 500, "the engine failed while generating");
 		return;
@@ -704,6 +710,7 @@ static void handle_generate(struct eng_conn *c, enum eng_api_kind kind)
 			eng_api_seq_params(&r, j, rand_seed(srv), mt, &sp);
 			ch->seq = eng_seq_new(ids->ids, (int)ids->n, &sp);
 			ch->seq->index = ch->index;
+			ch->seq->prompt_shared = j > 0;
 			ch->seq->ud = ch;
 			snprintf(ch->seq->user, sizeof(ch->seq->user), "%s", c->user);
 		}
@@ -747,6 +754,7 @@ static void handle_generate(struct eng_conn *c, enum eng_api_kind kind)
 					cJSON_AddStringToObject(d, "content", "");
 				} else {
 					cJSON_AddStringToObject(x, "text", echo);
+					g->ch[i].text_off = strlen(echo); /* offsets count the echo, as non-streamed */
 				}
 				cJSON_AddNullToObject(x, "logprobs");
 				cJSON_AddNullToObject(x, "finish_reason");

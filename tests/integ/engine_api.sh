@@ -149,6 +149,16 @@ kv_eq "logit_bias key not a token: 400" "400 logit_bias" "$(kv_post "$P" /v1/com
 kv_eq "best_of < n: 400" "400 best_of" "$(kv_post "$P" /v1/completions '{"prompt":"a","n":3,"best_of":1}' "$T/e15") $(kv_jval "$T/e15" 'j.error.param')"
 kv_eq "top_logprobs without logprobs: 400" "400 top_logprobs" "$(kv_post "$P" /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"top_logprobs":3}' "$T/e16") $(kv_jval "$T/e16" 'j.error.param')"
 kv_eq "a non-integer stop token id: 400" "400 stop_token_ids" "$(kv_post "$P" /v1/completions '{"prompt":"a","stop_token_ids":[1.5]}' "$T/e17") $(kv_jval "$T/e17" 'j.error.param')"
+# echo + logprobs: the stream's text_offset counts the echoed prompt as the non-streamed one does
+kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":3,"temperature":0,"echo":true,"logprobs":0}' "$T/eo0" >/dev/null
+kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":3,"temperature":0,"echo":true,"logprobs":0,"stream":true}' "$T/eo1" >/dev/null
+kv_eq "echo: streamed text_offset = non-streamed" "$(kv_jval "$T/eo0" 'j.choices[0].logprobs.text_offset')" \
+	"$(node -e 'const o=[];for(const l of require("fs").readFileSync(process.argv[1],"utf8").split("\n")){if(!l.startsWith("data: {"))continue;const c=JSON.parse(l.slice(6)).choices[0];if(c&&c.logprobs)o.push(...c.logprobs.text_offset)}process.stdout.write(JSON.stringify(o))' "$T/eo1")"
+# metrics: an n = 3 request's prompt counts once
+pt0=$(kv_engine_metric "$P" vllm:prompt_tokens_total)
+kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":2,"n":3}' "$T/m3" >/dev/null
+kv_eq "prompt_tokens_total: once for n = 3" "$(kv_jval "$T/m3" 'j.usage.prompt_tokens')" \
+	"$(($(kv_engine_metric "$P" vllm:prompt_tokens_total | cut -d. -f1) - ${pt0%.*}))"
 # messages is an unknown field on /v1/completions: ignored, the prompt is what runs
 kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":24,"ignore_eos":true,"temperature":0,"messages":"junk"}' "$T/e12" >/dev/null
 kv_eq "completions ignore a messages field" "$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/e12" 'j.choices[0].text')"
@@ -169,8 +179,17 @@ else kv_fail "Expect: $(cat "$KV_TMP/raw.err") $(head -c 300 "$KV_TMP/raw.out")"
 # ---- response ids: random per start (two engines' first ids differ; they were equal) ----
 kv_start_engine P2
 kv_post "$P2" /v1/completions '{"prompt":"a","max_tokens":1}' "$T/id2" >/dev/null
-kv_start_engine P3
+STEP_MS=20 kv_start_engine P3
 kv_post "$P3" /v1/completions '{"prompt":"a","max_tokens":1}' "$T/id3" >/dev/null
 kv_eq "two engines' first ids differ" true "$(node -e 'const f=require("fs");const a=JSON.parse(f.readFileSync(process.argv[1])).id,b=JSON.parse(f.readFileSync(process.argv[2])).id;process.stdout.write(String(a!==b&&/^cmpl-/.test(a)))' "$T/id2" "$T/id3")"
+
+# a stream the client drops counts as an abort (slow steps: it is still running when dropped)
+ab() { curl -s "http://127.0.0.1:$P3/metrics" | sed -n 's/^vllm:request_success_total{finished_reason="abort",model_name="tiny"} \([0-9]*\).*/\1/p'; }
+ab0=$(ab)
+curl -sN --max-time 0.5 "http://127.0.0.1:$P3/v1/completions" -d '{"prompt":"a","max_tokens":200,"ignore_eos":true,"stream":true}' >/dev/null 2>&1
+STEP_AB=$(( ${ab0:-0} + 1 ))
+aborted() { [ "$(ab)" = "$STEP_AB" ]; }
+kv_wait_for "abort counted" 3000 aborted && kv_ok "a dropped stream counts finished_reason=abort (model_name labelled)" ||
+	kv_fail "abort not counted: $(curl -s "http://127.0.0.1:$P3/metrics" | grep request_success)"
 
 kv_done
