@@ -410,6 +410,25 @@ static int check_fits(const struct eng_api_ctx *ctx, const struct eng_api_req *r
 	return SH_OK;
 }
 
+/* Whether a JSON text (valid: cJSON parsed it) has a \u0000 escape in a string: cJSON's strings end
+ * at the first NUL, so such a prompt would be cut short without a word. */
+static int has_nul_escape(const char *p, size_t n)
+{
+	int in_str = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!in_str) {
+			in_str = p[i] == '"';
+		} else if (p[i] == '"') {
+			in_str = 0;
+		} else if (p[i] == '\\' && i + 1 < n) {
+			if (p[i + 1] == 'u' && i + 5 < n && !memcmp(p + i + 2, "0000", 4))
+				return 1;
+			i++; /* the escaped character */
+		}
+	}
+	return 0;
+}
+
 int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, enum eng_api_kind kind,
 		  struct eng_api_req *r, struct eng_api_err *e)
 {
@@ -424,6 +443,8 @@ int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, e
 		return fail(e, 400, NULL, NULL, "the body is not valid JSON");
 	if (!cJSON_IsObject(r->body))
 		return fail(e, 400, NULL, NULL, "the body must be a JSON object");
+	if (has_nul_escape(body, len))
+		return fail(e, 400, NULL, NULL, "strings with a NUL character (\\u0000) are not supported");
 	const cJSON *model = field(r->body, "model");
 	if (model && !cJSON_IsString(model))
 		return fail(e, 400, "model", NULL, "'model' must be a string");

@@ -159,6 +159,9 @@ pt0=$(kv_engine_metric "$P" vllm:prompt_tokens_total)
 kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":2,"n":3}' "$T/m3" >/dev/null
 kv_eq "prompt_tokens_total: once for n = 3" "$(kv_jval "$T/m3" 'j.usage.prompt_tokens')" \
 	"$(($(kv_engine_metric "$P" vllm:prompt_tokens_total | cut -d. -f1) - ${pt0%.*}))"
+# a NUL in a string: refused (it used to cut the prompt short); an escaped backslash before u0000 is text
+kv_eq "a NUL in the prompt: 400" 400 "$(kv_post "$P" /v1/completions '{"prompt":"a\u0000b","max_tokens":1}' "$T/e18")"
+kv_eq "a backslash then u0000: served" 200 "$(kv_post "$P" /v1/completions '{"prompt":"a\\u0000b","max_tokens":1}' "$T/e19")"
 # messages is an unknown field on /v1/completions: ignored, the prompt is what runs
 kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":24,"ignore_eos":true,"temperature":0,"messages":"junk"}' "$T/e12" >/dev/null
 kv_eq "completions ignore a messages field" "$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/e12" 'j.choices[0].text')"
