@@ -815,11 +815,10 @@ static int load_model(struct sh_tok *tok, const cJSON *m, const cJSON *added, st
 		if (id->valuedouble > maxid)
 			maxid = id->valuedouble;
 	}
-	/* added tokens may get ids past the file's (see load_added): room for them all */
+	/* added tokens may get ids past the file's (see load_added): each new one takes the next id
+	 * after the largest so far, which may be a sparse vocabulary's largest: room for them all */
 	tok->nvocab = (size_t)cJSON_GetArraySize(vocab);
-	tok->ntok = (size_t)(maxid + 1);
-	if (tok->ntok < tok->nvocab + (size_t)cJSON_GetArraySize(added) + 1)
-		tok->ntok = tok->nvocab + (size_t)cJSON_GetArraySize(added) + 1;
+	tok->ntok = SH_MAX((size_t)(maxid + 1), tok->nvocab) + (size_t)cJSON_GetArraySize(added) + 1;
 	tok->str = sh_calloc(tok->ntok + 1, sizeof(*tok->str));
 	tok->bytes = sh_calloc(tok->ntok + 1, sizeof(*tok->bytes));
 	tok->str_len = sh_calloc(tok->ntok + 1, sizeof(*tok->str_len));
@@ -999,7 +998,6 @@ static int load_added(struct sh_tok *tok, const cJSON *added, struct sh_err *err
 	size_t n = (size_t)cJSON_GetArraySize(added), maxused = 0;
 	struct tok_map vstr;
 	int64_t max_added = -1;
-	(void)err;
 
 	map_init(&vstr, tok->nvocab + 1);
 	for (size_t i = 0; i < tok->ntok; i++) {
@@ -1030,6 +1028,8 @@ static int load_added(struct sh_tok *tok, const cJSON *added, struct sh_err *err
 			a->content = sh_strdup(content);
 			a->len = (uint32_t)strlen(content);
 		}
+		if ((size_t)id >= tok->ntok) /* load_model sized the tables for every case: a bug */
+			return sh_errf(err, "added_tokens: id %d past the token tables (%zu)", id, tok->ntok);
 		if (id > max_added)
 			max_added = id;
 		a->special = (uint8_t)jbool(e, "special", 0);

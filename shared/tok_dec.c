@@ -340,7 +340,9 @@ static int is_byte_tok(const struct sh_tok *tok, int32_t id)
 }
 
 /* General chains, in a window like vLLM's incremental detokenizer: decode ids[start..j) where j
- * leaves out a trailing run of <0xXX> tokens (whose text can still change), and return what goes
+ * leaves out a trailing run of <0xXX> tokens (whose text can still change; with special tokens
+ * skipped, those count in the run: they drop out before the bytes are joined, so the bytes on
+ * either side make one character), and return what goes
  * past the `emitted` bytes of that window already returned. The window then moves up to the last
  * token, which stays in it so that first-token rules (Metaspace, Strip) fall on a token already
  * returned: the decode of a window is then a prefix of the decode of a longer one. */
@@ -359,7 +361,8 @@ static void stream_general(struct sh_tok_stream *st, int final)
 			strip_ok = 0;
 	}
 	if (has_fb && !final)
-		while (j > st->start && is_byte_tok(tok, st->ids.ids[j - 1]))
+		while (j > st->start && (is_byte_tok(tok, st->ids.ids[j - 1]) ||
+					 ((st->flags & SH_TOK_SKIP_SPECIAL) && (tok->flags[st->ids.ids[j - 1]] & TOKF_SPECIAL))))
 			j--;
 	if (j > st->start)
 		decode_into(tok, st->ids.ids + st->start, j - st->start, st->flags, &full);

@@ -445,6 +445,71 @@ START_TEST(stream_bytes)
 }
 END_TEST
 
+/* Byte fallback with special tokens skipped: a special token between the bytes of a character
+ * drops out before the bytes are joined; the stream must give the full decode's text, in valid
+ * pieces (it gave U+FFFD for the first byte, then lost the character). */
+START_TEST(stream_fallback_skip)
+{
+	struct sh_tok *tok = load_dir(DATA "tiny_spm");
+	int32_t ids[2][4] = {{sh_tok_token_id(tok, "<0xE4>"), sh_tok_token_id(tok, "<s>"), sh_tok_token_id(tok, "<0xB8>"),
+			      sh_tok_token_id(tok, "<0xAD>")},
+			     {sh_tok_token_id(tok, "<0x69>"), sh_tok_token_id(tok, "<s>"), sh_tok_token_id(tok, "<0x8F>"), -1}};
+	for (int c = 0; c < 2; c++) {
+		int n = ids[c][3] < 0 ? 3 : 4;
+		struct sh_tok_stream *st = sh_tok_stream_new(tok, SH_TOK_SKIP_SPECIAL);
+		struct sh_buf got = {0};
+		const char *p;
+		size_t l, fl;
+		for (int i = 0; i < n; i++) {
+			ck_assert_int_ge(ids[c][i], 0);
+			p = sh_tok_stream_push(st, ids[c][i], &l, NULL);
+			ck_assert_ptr_nonnull(p);
+			sh_buf_add(&got, p, l);
+		}
+		p = sh_tok_stream_finish(st, &l);
+		sh_buf_add(&got, p, l);
+		char *full = sh_tok_decode(tok, ids[c], (size_t)n, SH_TOK_SKIP_SPECIAL, &fl, NULL);
+		ck_assert_uint_eq(got.n, fl);
+		ck_assert(!memcmp(got.p, full, fl));
+		if (c == 0)
+			ck_assert_str_eq(full, "\xE4\xB8\xAD"); /* 中 */
+		free(full);
+		free(got.p);
+		sh_tok_stream_free(st);
+	}
+	sh_tok_free(tok);
+}
+END_TEST
+
+/* A sparse vocabulary (largest id past its size) and added tokens that are new: each new one takes
+ * the next id after the largest so far, past the file's; the tables must hold them (they were
+ * sized for the vocabulary's count: a heap overflow, then a crash). */
+START_TEST(added_past_sparse_vocab)
+{
+	struct sh_buf b = {0};
+	char one[64];
+	const char *head = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1000},\"merges\":[]},"
+			   "\"added_tokens\":[{\"id\":1,\"content\":\"b\"}";
+	sh_buf_add(&b, head, strlen(head));
+	for (int i = 0; i < 3000; i++)
+		sh_buf_add(&b, one, (size_t)snprintf(one, sizeof(one), ",{\"id\":%d,\"content\":\"tok%d\"}", i + 2, i));
+	sh_buf_add(&b, "]}", 2);
+	struct sh_err err = {{0}};
+	struct sh_tok *tok = sh_tok_new_json(b.p, b.n, NULL, 0, &err);
+	ck_assert_msg(tok != NULL, "%s", err.msg);
+	ck_assert_int_eq(sh_tok_token_id(tok, "b"), 1000);
+	ck_assert_int_eq(sh_tok_token_id(tok, "tok0"), 1001);
+	ck_assert_int_eq(sh_tok_token_id(tok, "tok2999"), 4000);
+	struct sh_tok_ids v;
+	sh_tok_ids_init(&v);
+	ck_assert_int_eq(sh_tok_encode(tok, "ab tok5", 7, 0, &v, NULL), SH_OK);
+	ck_assert_uint_ge(v.n, 2);
+	sh_tok_ids_release(&v);
+	sh_tok_free(tok);
+	free(b.p);
+}
+END_TEST
+
 /* Several threads encode at once through one tokenizer (its word cache is shared). */
 struct thr {
 	struct sh_tok *tok;
@@ -533,6 +598,8 @@ Suite *tok_suite(void)
 	tcase_add_test(tc, refusals);
 	tcase_add_test(tc, added_and_vocab);
 	tcase_add_test(tc, stream_bytes);
+	tcase_add_test(tc, stream_fallback_skip);
+	tcase_add_test(tc, added_past_sparse_vocab);
 	tcase_add_test(tc, threads);
 	suite_add_tcase(s, tc);
 	return s;
