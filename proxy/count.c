@@ -179,6 +179,12 @@ int px_count_stage(struct px_req *r)
 	r->prompt_tokens = -1;
 	r->max_tokens = -1;
 	mj = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
+	if (mj && !cJSON_IsString(mj) && !cJSON_IsNull(mj)) {
+		r->err_msg = "'model' must be a string";
+		r->err_param = "model";
+		r->err_code = "invalid_type";
+		return 400;
+	}
 	model = cJSON_IsString(mj) ? mj->valuestring : NULL;
 	n = candidates(srv, model, cand);
 	if (n == 0) {

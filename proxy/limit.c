@@ -41,6 +41,12 @@ static int too_many(struct px_req *r, const char *reason, double wait_s)
 	long long secs = (long long)ceil(wait_s < 1 ? 1 : wait_s);
 	size_t o;
 
+	/* refused after all (concurrency, queue, tokens): the request does not count against the
+	 * requests per minute; a client that retries as told would otherwise spend them all on 429s */
+	if (r->rpm_charged) {
+		u->rpm_bucket = fmin((double)u->lim.requests_per_minute, u->rpm_bucket + 1);
+		r->rpm_charged = 0;
+	}
 	r->err_msg = r->err_buf;
 	r->err_code = "rate_limit_exceeded";
 	o = (size_t)snprintf(r->err_hdrs, sizeof(r->err_hdrs),
@@ -150,6 +156,7 @@ int px_limit_stage(struct px_req *r)
 					(1 - u->rpm_bucket) * 60.0 / (double)u->lim.requests_per_minute);
 		}
 		u->rpm_bucket -= 1;
+		r->rpm_charged = 1;
 	}
 	w = sh_calloc(1, sizeof(*w));
 	w->r = r;

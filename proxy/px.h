@@ -233,6 +233,7 @@ struct px_req {
 	struct px_upstream *route_up;   /* the route stage's choice for the first attempt */
 	struct px_upstream *outstanding_on;  /* the instance tokens_est is counted on */
 	struct px_wait *wait;           /* the limit stage's state: slot, queue place */
+	int rpm_charged;                /* took a requests_per_minute token (given back on a later 429) */
 	int64_t t_start_us, t_ttfb_us, t_end_us;
 	uint64_t bytes_out;             /* response body bytes to the client */
 	struct px_pool *pool;

@@ -303,6 +303,12 @@ static int stage_check(struct px_req *r)
 		r->err_code = "method_not_allowed";
 		return 405;
 	}
+	return PX_NEXT;
+}
+
+/* After auth and the limits: a client without a key, or over its rate, costs no JSON parse. */
+static int stage_body(struct px_req *r)
+{
 	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS && r->route != PX_ROUTE_RESPONSES)
 		return PX_NEXT;
 	/* kvgate reads a body only when it needs something in it: the model (pools with a configured
@@ -313,16 +319,54 @@ static int stage_check(struct px_req *r)
 	return px_req_read_json(r);
 }
 
+static int key_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first key of o that appears twice, or NULL. kvgate reads the first of two (cJSON) and a
+ * last-wins engine (Python's json: vLLM) the second: a clamp or a count could be steered past. */
+static const char *dup_key(const cJSON *o)
+{
+	const cJSON *e;
+	const char **k, *dup = NULL;
+	size_t n = 0, i;
+
+	cJSON_ArrayForEach(e, o)
+		n++;
+	if (n < 2)
+		return NULL;
+	k = sh_malloc(n * sizeof(*k));
+	n = 0;
+	cJSON_ArrayForEach(e, o)
+		k[n++] = e->string;
+	qsort(k, n, sizeof(*k), key_cmp);
+	for (i = 1; i < n && !dup; i++)
+		if (strcmp(k[i - 1], k[i]) == 0)
+			dup = k[i];
+	free(k);
+	return dup;
+}
+
 int px_req_read_json(struct px_req *r)
 {
 	const cJSON *stream;
+	const char *end = NULL, *dup;
 	size_t len = evbuffer_get_length(r->body);
 	char *text = (char *)evbuffer_pullup(r->body, -1);
 
-	r->json = text ? cJSON_ParseWithLength(text, len) : NULL;
-	if (!r->json || !cJSON_IsObject(r->json)) {
+	r->json = text ? cJSON_ParseWithLengthOpts(text, len, &end, 0) : NULL;
+	while (r->json && end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+		end++;
+	if (!r->json || !cJSON_IsObject(r->json) || end != text + len) {
 		r->err_msg = len ? "the request body is not a valid JSON object" : "the request body is empty; "
 									       "expected a JSON object";
+		r->err_code = "invalid_json";
+		return 400;
+	}
+	if ((dup = dup_key(r->json))) {
+		snprintf(r->err_buf, sizeof(r->err_buf), "the request body has the key '%.60s' twice", dup);
+		r->err_msg = r->err_buf;
 		r->err_code = "invalid_json";
 		return 400;
 	}
@@ -429,8 +473,9 @@ static const struct {
 	{ "check", stage_check },
 	{ "local", stage_local },
 	{ "auth", px_auth_stage },
+	{ "models", stage_models },   /* answered here: no slot, no rate token */
 	{ "limit", px_limit_stage },
-	{ "models", stage_models },
+	{ "body", stage_body },
 	{ "count", px_count_stage },
 	{ "route", px_route_stage },
 	{ "forward", px_forward_stage },

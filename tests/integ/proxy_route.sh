@@ -83,6 +83,12 @@ r0=$(kv_stat_sum requests "$S1" "$L1" "$L2")
 kv_eq "malformed JSON -> kvgate's 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"coder",')"
 kv_err "400 malformed JSON" "$R" invalid_request_error
 kv_match "  invalid_json" '"code":"invalid_json"' "$(cat "$R")"
+# a key twice: a last-wins engine would read another value than kvgate counted and clamped
+kv_eq "a key twice -> 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"coder","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_tokens":100000}')"
+kv_match "  names it" "key 'max_tokens' twice" "$(cat "$R")"
+kv_eq "bytes after the JSON object -> 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"coder","messages":[{"role":"user","content":"hi"}]} junk')"
+kv_eq "a model that is not a string -> 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":5,"messages":[{"role":"user","content":"hi"}]}')"
+kv_match "  names it" '"param":"model"' "$(cat "$R")"
 kv_eq "malformed JSON to completions -> 400" 400 "$(kv_curl "$R" "$U/v1/completions" -H "$A" -d 'prompt=x')"
 kv_eq "malformed JSON to responses -> 400" 400 "$(kv_curl "$R" "$U/v1/responses" -H "$A" -d '[1,')"
 kv_eq "empty body to chat -> 400" 400 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -X POST)"

@@ -24,7 +24,8 @@ kv_conf "$C" "" "$P" "$UP" "\"upstream_first_byte_timeout_ms\": 400,
   \"users\": [
     {\"name\": \"alice\", \"key_sha256\": \"$(h sk-alice)\"},
     {\"name\": \"bob\", \"key_sha256\": \"$(h sk-bob)\", \"queue\": 1, \"queue_timeout_ms\": 600},
-    {\"name\": \"carol\", \"key_sha256\": \"$(h sk-carol)\", \"max_concurrent\": 0, \"requests_per_minute\": 2}
+    {\"name\": \"carol\", \"key_sha256\": \"$(h sk-carol)\", \"max_concurrent\": 0, \"requests_per_minute\": 2},
+    {\"name\": \"dave\", \"key_sha256\": \"$(h sk-dave)\", \"requests_per_minute\": 3}
   ],"
 kv_start_kvgate "$C" "$P"
 A="Authorization: Bearer sk-alice"
@@ -110,14 +111,32 @@ kv_ge "  after the timeout (ms)" $(($(kv_now) - t0)) 550
 kv_match "  says it waited" 'waited 600 ms' "$(cat "$R")"
 kill "$SLOW_PID" 2>/dev/null
 
-# ---- carol: 2 requests per minute ----
+# ---- carol: 2 requests per minute (the model list, answered by kvgate, costs none) ----
 C_="Authorization: Bearer sk-carol"
-kv_eq "carol 1" 200 "$(kv_curl "$R" "$U/v1/models" -H "$C_")"
-kv_eq "carol 2" 200 "$(kv_curl "$R" "$U/v1/models" -H "$C_")"
-kv_eq "carol 3 -> 429" 429 "$(kv_curl "$R" "$U/v1/models" -H "$C_")"
+kv_eq "carol 1" 200 "$(kv_curl "$R" "$U/v1/echo" -H "$C_" -d x)"
+kv_eq "carol 2" 200 "$(kv_curl "$R" "$U/v1/echo" -H "$C_" -d x)"
+kv_eq "carol 3 -> 429" 429 "$(kv_curl "$R" "$U/v1/echo" -H "$C_" -d x)"
 kv_eq "  x-ratelimit-limit-requests" 2 "$(kv_header "$R.h" x-ratelimit-limit-requests)"
 kv_eq "  x-ratelimit-remaining-requests" 0 "$(kv_header "$R.h" x-ratelimit-remaining-requests)"
 kv_ge "  Retry-After (s)" "$(kv_header "$R.h" retry-after)" 1
+kv_eq "carol's model list still answered" 200 "$(kv_curl "$R" "$U/v1/models" -H "$C_")"
+
+# ---- dave: 1 at once, 3 a minute: his 429s for concurrency give the minute's tokens back ----
+D_="Authorization: Bearer sk-dave"
+s0=$(kv_stat "$UP" streams_started)
+dave_busy() { [ "$(kv_stat "$UP" streams_started)" -gt "$s0" ]; }
+curl -sN --max-time 20 "$U/v1/chat/completions" -H "$D_" -H 'x-kvup-events: 10' -H 'x-kvup-delay-ms: 100' \
+	-d "$CH" >"$KV_TMP/dave.out" 2>&1 &
+DAVE_PID=$!
+KV_PIDS="$KV_PIDS $DAVE_PID"
+kv_wait_for "dave's stream runs" 3000 dave_busy || kv_fail "dave's stream did not start"
+kv_eq "dave 2 -> 429 (concurrency)" 429 "$(kv_curl "$R" "$U/v1/echo" -H "$D_" -d x)"
+kv_eq "dave 3 -> 429 (concurrency)" 429 "$(kv_curl "$R" "$U/v1/echo" -H "$D_" -d x)"
+kv_eq "dave's model list answered while busy" 200 "$(kv_curl "$R" "$U/v1/models" -H "$D_")"
+wait "$DAVE_PID"
+kv_eq "dave, free again: served (2 of his 3 a minute left)" 200 "$(kv_curl "$R" "$U/v1/echo" -H "$D_" -d x)"
+kv_eq "  and his third" 200 "$(kv_curl "$R" "$U/v1/echo" -H "$D_" -d x)"
+kv_eq "  a fourth -> 429" 429 "$(kv_curl "$R" "$U/v1/echo" -H "$D_" -d x)"
 
 # ---- metrics ----
 kv_curl "$R" "$U/metrics" >/dev/null

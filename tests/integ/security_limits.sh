@@ -113,7 +113,7 @@ kv_eq "  never more than 1 in flight at the engine" 1 "$(mon_max)"
 
 # 5. carol (3 requests a minute) pipelines 6
 six=""
-for i in 1 2 3 4 5 6; do six="$six"'GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer '"$KC"'\r\n\r\n'; done
+for i in 1 2 3 4 5 6; do six="$six"'GET /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer '"$KC"'\r\n\r\n'; done
 kv_raw "$P" "send:$six" 'expect:5000:(HTTP/1.1 .*){6}\}'
 kv_eq "carol (3 rpm) pipelines 6: 3 served, 3 refused" "3 3" \
 	"$(grep -o 'HTTP/1.1 200' "$KV_TMP/raw.out" | wc -l | tr -d ' ') $(grep -o 'HTTP/1.1 429' "$KV_TMP/raw.out" | wc -l | tr -d ' ')"
@@ -176,6 +176,9 @@ kv_eq "access log: every line ends with its fields (no line cut by an injected n
 kv_eq "access log: no unescaped quote inside path=\"...\"" 0 \
 	"$(grep -o 'path="\([^"\\]\|\\.\)*"[^ ]' "$KV_TMP/access.log" | grep -vc '^path="[^"]*" $' | sed 's/^0$/0/')"
 kv_eq "access log: no raw X-Evil field" 0 "$(grep -c '^X-Evil\| X-Evil=' "$KV_TMP/access.log")"
+
+# auth comes before the body is read: no key and a broken body is a 401, not a 400
+kv_eq "no key, broken JSON -> 401" 401 "$(kv_curl "$R" "$U/v1/chat/completions" -d '{"model":')"
 
 # ---- the key on every error path, then: not in any log ----
 K="Authorization: Bearer $KA"
