@@ -332,7 +332,11 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 		uc->got_bytes = 1;
 		r->t_ttfb_us = sh_now_us();
 		px_metrics_ttfb(&uc->srv->met, (double)(r->t_ttfb_us - uc->t_sent_us) / 1e6);
-		bufferevent_set_timeouts(bev, NULL, NULL);
+		/* from here the longest silence: libevent restarts it at every read and holds it while
+		 * reading is off (backpressure) */
+		int64_t ms = uc->srv->conf.upstream_read_timeout_ms;
+		struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+		bufferevent_set_timeouts(bev, &tv, NULL);
 	}
 	while ((n = evbuffer_peek(in, -1, NULL, v, 8)) > 0) {
 		used = 0;

@@ -62,6 +62,7 @@ struct px_conf {
 	int64_t idle_timeout_ms;        /* keep-alive connection with no request */
 	int64_t upstream_connect_timeout_ms;
 	int64_t upstream_first_byte_timeout_ms;
+	int64_t upstream_read_timeout_ms;
 	int64_t upstream_keepalive;     /* idle pooled connections kept per upstream */
 	int64_t stream_buffer_bytes;    /* client output above this: stop reading the upstream */
 	int64_t shutdown_timeout_ms;    /* SIGTERM: how long in-flight requests may take */

@@ -86,6 +86,8 @@ static const struct sh_conf_key keys[] = {
 	  NULL, 0, NULL, 0, "connecting to an engine; then the next instance, or 504" },
 	{ "upstream_first_byte_timeout_ms", SH_CONF_INT, K(upstream_first_byte_timeout_ms), 10, MS_MAX,
 	  120000, NULL, 0, NULL, 0, "request sent to the first response byte (includes prefill); then 504" },
+	{ "upstream_read_timeout_ms", SH_CONF_INT, K(upstream_read_timeout_ms), 10, MS_MAX, 120000, NULL, 0,
+	  NULL, 0, "after the first byte, the longest silence of an engine; then the response ends with an error" },
 	{ "upstream_keepalive", SH_CONF_INT, K(upstream_keepalive), 0, 100000, 64, NULL, 0, NULL, 0,
 	  "idle pooled connections kept per engine instance" },
 	{ "stream_buffer_bytes", SH_CONF_INT, K(stream_buffer_bytes), 4096, 67108864, 262144, NULL, 0,

@@ -14,7 +14,7 @@ kv_start_kvup UP3 up3
 kv_port DEAD1
 kv_port DEAD2
 R=$KV_TMP/r
-FAST='"upstream_connect_timeout_ms": 500, "upstream_first_byte_timeout_ms": 800,'
+FAST='"upstream_connect_timeout_ms": 500, "upstream_first_byte_timeout_ms": 800, "upstream_read_timeout_ms": 600,'
 
 # ---- gate A: one dead port and one live kvup ----
 kv_port PA
@@ -43,6 +43,16 @@ kv_eq "  and the stream does not end as a cut transfer" "" "$(grep -o 'transfer 
 kv_eq "kvgate serves the next request" 200 "$(kv_curl "$R" "$A/v1/chat/completions" -d '{"model":"m"}')"
 kv_curl "$R" -N "$A/v1/chat/completions" -d '{"model":"m","stream":true}' >/dev/null
 kv_eq "  and the next stream" true "$(kv_sse "$R" s.done)"
+
+# an engine that goes silent mid-stream (1.5 s between events; upstream_read_timeout_ms 600): the
+# stream ends with an error event at the read timeout (it waited forever, holding the user's slot)
+t0=$(kv_now)
+kv_curl "$R" -N "$A/v1/chat/completions" -H 'x-kvup-events: 3' -H 'x-kvup-delay-ms: 1500' \
+	-d '{"model":"m","stream":true}' >/dev/null
+dt=$(($(kv_now) - t0))
+kv_eq "silent engine mid-stream: an error event, no [DONE]" "true|false" "$(kv_sse "$R" '[s.error_last, s.done].join("|")')"
+kv_match "  says why" 'timed out reading from the engine' "$(kv_sse "$R" 'JSON.stringify(s.error)')"
+kv_le "  at the read timeout, not at the stream's end (ms)" "$dt" 2500
 
 # hanging upstream: 504 after upstream_first_byte_timeout_ms (800), the upstream connection closed
 c0=$(kv_stat "$UP1" requests_cancelled)
