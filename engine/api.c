@@ -240,95 +240,6 @@ static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_a
 	return SH_OK;
 }
 
-/* Responses API input -> chat messages (the renderer's input). */
-static cJSON *responses_messages(const cJSON *body, struct eng_api_err *e)
-{
-	cJSON *msgs = cJSON_CreateArray();
-	const cJSON *ins = field(body, "instructions"), *in = field(body, "input");
-	if (ins) {
-		if (!cJSON_IsString(ins)) {
-			fail(e, 400, "instructions", NULL, "'instructions' must be a string");
-			goto bad;
-		}
-		cJSON *m = cJSON_CreateObject();
-		cJSON_AddStringToObject(m, "role", "system");
-		cJSON_AddStringToObject(m, "content", ins->valuestring);
-		cJSON_AddItemToArray(msgs, m);
-	}
-	if (!in) {
-		fail(e, 400, "input", NULL, "'input' is required");
-		goto bad;
-	}
-	if (cJSON_IsString(in)) {
-		cJSON *m = cJSON_CreateObject();
-		cJSON_AddStringToObject(m, "role", "user");
-		cJSON_AddStringToObject(m, "content", in->valuestring);
-		cJSON_AddItemToArray(msgs, m);
-		return msgs;
-	}
-	if (!cJSON_IsArray(in)) {
-		fail(e, 400, "input", NULL, "'input' must be a string or a list of items");
-		goto bad;
-	}
-	const cJSON *it;
-	cJSON_ArrayForEach(it, in) {
-		if (!cJSON_IsObject(it)) {
-			fail(e, 400, "input", NULL, "'input' items must be objects");
-			goto bad;
-		}
-		const cJSON *type = field(it, "type"), *role = field(it, "role"), *content = field(it, "content");
-		const char *ty = cJSON_IsString(type) ? type->valuestring : "message";
-		const char *ro = cJSON_IsString(role) ? role->valuestring : "user";
-		/* text of the item */
-		char *text = NULL;
-		if (!strcmp(ty, "message")) {
-			if (!strcmp(ro, "developer"))
-				ro = "system";
-			if (cJSON_IsString(content)) {
-				text = sh_strdup(content->valuestring);
-			} else if (cJSON_IsArray(content)) {
-				size_t len = 0;
-				const cJSON *part;
-				text = sh_strdup("");
-				cJSON_ArrayForEach(part, content) {
-					const cJSON *t = field(part, "text");
-					if (!cJSON_IsString(t))
-						continue;
-					size_t k = strlen(t->valuestring);
-					text = sh_realloc(text, len + k + 2);
-					if (len)
-						text[len++] = '\n';
-					memcpy(text + len, t->valuestring, k + 1);
-					len += k;
-				}
-			} else {
-				text = sh_strdup("");
-			}
-		} else if (!strcmp(ty, "function_call")) {
-			const cJSON *n = field(it, "name"), *a = field(it, "arguments");
-			size_t k = 64 + (cJSON_IsString(n) ? strlen(n->valuestring) : 0) + (cJSON_IsString(a) ? strlen(a->valuestring) : 0);
-			text = sh_malloc(k);
-			snprintf(text, k, "[call %s(%s)]", cJSON_IsString(n) ? n->valuestring : "", cJSON_IsString(a) ? a->valuestring : "");
-			ro = "assistant";
-		} else if (!strcmp(ty, "function_call_output")) {
-			const cJSON *o = field(it, "output");
-			text = sh_strdup(cJSON_IsString(o) ? o->valuestring : "");
-			ro = "user";
-		} else {
-			continue;  /* reasoning and other item types carry nothing we render */
-		}
-		cJSON *m = cJSON_CreateObject();
-		cJSON_AddStringToObject(m, "role", ro);
-		cJSON_AddStringToObject(m, "content", text);
-		free(text);
-		cJSON_AddItemToArray(msgs, m);
-	}
-	return msgs;
-bad:
-	cJSON_Delete(msgs);
-	return NULL;
-}
-
 static int build_one(const struct eng_api_ctx *ctx, const cJSON *body, enum sh_prompt_kind kind, struct sh_prompt *p,
 		     const char *param, struct eng_api_err *e)
 {
@@ -336,7 +247,7 @@ static int build_one(const struct eng_api_ctx *ctx, const cJSON *body, enum sh_p
 	sh_prompt_init(p);
 	int rc = sh_prompt_build(ctx->tok, ctx->chat, body, kind, ctx->model, (size_t)ctx->block_size, p, &err);
 	if (rc != SH_OK && p->param && strcmp(p->param, "prompt") && strcmp(p->param, "messages"))
-		param = p->param; /* suffix */
+		param = p->param; /* suffix, instructions */
 	if (rc == SH_TOOBIG)
 		return fail(e, 413, param, NULL, "%s", err.msg);
 	if (rc != SH_OK)
@@ -471,16 +382,9 @@ int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, e
 	}
 	int cap = 0;
 	if (kind == ENG_API_RESPONSES) {
-		cJSON *msgs = responses_messages(r->body, e);
-		if (!msgs)
-			return SH_ERR;
-		cJSON *chat = cJSON_CreateObject();
-		cJSON_AddItemToObject(chat, "messages", msgs);
 		add_prompt(r, &cap);
-		int rc = build_one(ctx, chat, SH_PROMPT_CHAT, &r->prompts[0], "input", e);
-		cJSON_Delete(chat);
-		if (rc)
-			return rc;
+		if (build_one(ctx, r->body, SH_PROMPT_RESPONSES, &r->prompts[0], "input", e))
+			return SH_ERR;
 		r->n = 1;
 		return check_fits(ctx, r, "input", e);
 	}

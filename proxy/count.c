@@ -103,14 +103,24 @@ static size_t candidates(struct px_server *srv, const char *model, struct px_poo
 	return n;
 }
 
-/* max_completion_tokens, else max_tokens: -1 when absent; -2 when not a positive integer. */
-static int64_t requested_max(const cJSON *body, const char **param)
+/* The spellings of the completion's length a route takes, the one to add first. */
+static const char *const max_names[2][2] = { { "max_completion_tokens", "max_tokens" },
+					     { "max_output_tokens", NULL } };
+
+static const char *const *max_names_of(const struct px_req *r)
 {
-	static const char *const names[] = { "max_completion_tokens", "max_tokens" };
+	return max_names[r->route == PX_ROUTE_RESPONSES];
+}
+
+/* max_completion_tokens, else max_tokens (responses: max_output_tokens): -1 when absent; -2 when
+ * not a positive integer. */
+static int64_t requested_max(const struct px_req *r, const char **param)
+{
+	const char *const *names = max_names_of(r);
 	size_t i;
 
-	for (i = 0; i < 2; i++) {
-		const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, names[i]);
+	for (i = 0; i < 2 && names[i]; i++) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->json, names[i]);
 		*param = names[i];
 		if (!v || cJSON_IsNull(v))
 			continue;
@@ -122,21 +132,22 @@ static int64_t requested_max(const cJSON *body, const char **param)
 	return -1;
 }
 
-/* Rewrite the body with max_tokens = n (each spelling that was present; max_tokens if none). */
+/* Rewrite the body with max_tokens = n (each spelling that was present; the route's last one,
+ * max_tokens or max_output_tokens, if none). */
 static void clamp_body(struct px_req *r, int64_t n)
 {
-	static const char *const names[] = { "max_completion_tokens", "max_tokens" };
+	const char *const *names = max_names_of(r);
 	char *text;
 	size_t i, found = 0;
 
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < 2 && names[i]; i++) {
 		if (cJSON_GetObjectItemCaseSensitive(r->json, names[i])) {
 			cJSON_ReplaceItemInObjectCaseSensitive(r->json, names[i], cJSON_CreateNumber((double)n));
 			found++;
 		}
 	}
 	if (!found)
-		cJSON_AddNumberToObject(r->json, "max_tokens", (double)n);
+		cJSON_AddNumberToObject(r->json, names[1] ? names[1] : names[0], (double)n);
 	text = cJSON_PrintUnformatted(r->json);
 	if (!text)
 		return;
@@ -164,6 +175,49 @@ static int too_long(struct px_req *r, int64_t limit, int64_t prompt, int64_t wan
 	return 400;
 }
 
+/* A completions request's list of prompts (each a string or a list of ids), each counted as the
+ * engine will (its own prompt, the same suffix): *max_n the longest, *sum_n all together, *np how
+ * many; first gets the first one's ids and hashes (routing). SH_DECLINED when the body is not such
+ * a list. */
+static int count_batch(const struct px_pool *p, const cJSON *body, const char *model, struct sh_prompt *first,
+		       int64_t *max_n, int64_t *sum_n, int64_t *np, struct sh_err *err)
+{
+	const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(body, "prompt");
+	const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(body, "suffix"), *el;
+	int rc = SH_OK;
+
+	*max_n = *sum_n = *np = 0;
+	if (!cJSON_IsArray(prompt) || cJSON_GetArraySize(prompt) < 2 ||
+	    !(cJSON_IsString(prompt->child) || cJSON_IsArray(prompt->child)))
+		return SH_DECLINED;
+	cJSON_ArrayForEach(el, prompt) {
+		cJSON *one = cJSON_CreateObject();
+		struct sh_prompt pr;
+
+		cJSON_AddItemReferenceToObject(one, "prompt", (cJSON *)el);
+		if (suffix)
+			cJSON_AddItemReferenceToObject(one, "suffix", (cJSON *)suffix);
+		sh_prompt_init(&pr);
+		rc = cJSON_IsString(el) || cJSON_IsArray(el) ?
+			     sh_prompt_build(p->tok, p->chat, one, SH_PROMPT_COMPLETIONS, model, p->block, &pr, err) :
+			     (sh_errf(err, "prompt: a list must hold strings or lists of token ids"), SH_PARSE);
+		cJSON_Delete(one);
+		if (rc != SH_OK) {
+			sh_prompt_release(&pr);
+			return rc;
+		}
+		if ((int64_t)pr.ids.n > *max_n)
+			*max_n = (int64_t)pr.ids.n;
+		*sum_n += (int64_t)pr.ids.n;
+		if (!(*np)++) {
+			*first = pr;
+			continue;
+		}
+		sh_prompt_release(&pr);
+	}
+	return SH_OK;
+}
+
 int px_count_stage(struct px_req *r)
 {
 	struct px_server *srv = r->conn->srv;
@@ -173,6 +227,7 @@ int px_count_stage(struct px_req *r)
 	struct sh_prompt pr;
 	struct sh_err err;
 	int64_t want, user_max, limit, best_limit = 0, widest_limit = -1;
+	int64_t n_prompts, batch_max = 0, batch_sum = 0, prompt_sum;
 	size_t n, i;
 	int rc;
 
@@ -196,18 +251,18 @@ int px_count_stage(struct px_req *r)
 		return 404;
 	}
 	r->pool = cand[0];
-	/* Only chat and completions carry a prompt kvgate can count; the rest go to the first pool
-	 * that serves the model (the widest for /v1/responses, whose length is unknown). */
-	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS) {
+	/* Chat, completions and responses carry a prompt kvgate can count; the rest go to the first
+	 * pool that serves the model (without a tokenizer, responses go to the widest) */
+	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS && r->route != PX_ROUTE_RESPONSES)
+		return PX_NEXT;
+	if (!cand[0]->tok) {
 		for (i = 0; i < n; i++)
 			if (r->route == PX_ROUTE_RESPONSES && px_pool_max_len(cand[i]) > px_pool_max_len(r->pool))
 				r->pool = cand[i];
-		return PX_NEXT;
-	}
-	if (!cand[0]->tok)
 		return PX_NEXT;  /* no tokenizer configured: a plain proxy for this model */
+	}
 
-	want = requested_max(r->json, &param);
+	want = requested_max(r, &param);
 	if (want == -2) {
 		snprintf(r->err_buf, sizeof(r->err_buf), "'%s' must be a positive integer", param);
 		r->err_msg = r->err_buf;
@@ -217,8 +272,17 @@ int px_count_stage(struct px_req *r)
 	}
 	sh_prompt_init(&pr);
 	rc = sh_prompt_build(cand[0]->tok, cand[0]->chat, r->json,
-			     r->route == PX_ROUTE_CHAT ? SH_PROMPT_CHAT : SH_PROMPT_COMPLETIONS,
+			     r->route == PX_ROUTE_CHAT ? SH_PROMPT_CHAT :
+			     r->route == PX_ROUTE_RESPONSES ? SH_PROMPT_RESPONSES : SH_PROMPT_COMPLETIONS,
 			     model ? model : px_pool_model(cand[0]), cand[0]->block, &pr, &err);
+	n_prompts = 1;
+	if (rc == SH_DECLINED && r->route == PX_ROUTE_COMPLETIONS) { /* a list of prompts: each counted */
+		sh_prompt_release(&pr);
+		rc = count_batch(cand[0], r->json, model ? model : px_pool_model(cand[0]), &pr, &batch_max,
+				 &batch_sum, &n_prompts, &err);
+		if (rc != SH_OK)
+			pr.param = "prompt";
+	}
 	if (rc == SH_PARSE) {
 		r->err_param = pr.param;  /* a string constant */
 		sh_prompt_release(&pr);
@@ -232,7 +296,9 @@ int px_count_stage(struct px_req *r)
 		sh_prompt_release(&pr);
 		return PX_NEXT;
 	}
-	r->prompt_tokens = (int64_t)pr.ids.n;
+	/* a list of prompts: each must fit (the longest decides) and the minute is charged for all */
+	r->prompt_tokens = n_prompts > 1 ? batch_max : (int64_t)pr.ids.n;
+	prompt_sum = n_prompts > 1 ? batch_sum : r->prompt_tokens;
 	r->hashes = pr.hashes;
 	r->nhashes = pr.nhashes;
 	pr.hashes = NULL;
@@ -275,6 +341,6 @@ int px_count_stage(struct px_req *r)
 	r->max_tokens = want;
 	/* outstanding work on the instance, for load balancing: the room left when max_tokens is open */
 	r->tokens_est = r->prompt_tokens + (want > 0 ? want : best_limit == INT64_MAX ? 0 : best_limit - r->prompt_tokens);
-	/* tokens per minute: the prompt and max_tokens when given (not a room nobody asked for) */
-	return px_limit_tokens(r, r->prompt_tokens + (want > 0 ? want : 0));
+	/* tokens per minute: the prompts and max_tokens when given (not a room nobody asked for) */
+	return px_limit_tokens(r, prompt_sum + n_prompts * (want > 0 ? want : 0));
 }

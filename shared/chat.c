@@ -532,6 +532,104 @@ static int prompt_ids(struct sh_tok *tok, const cJSON *a, struct sh_tok_ids *out
 	return SH_OK;
 }
 
+static const cJSON *field(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+static cJSON *add_msg(cJSON *msgs, const char *role, const char *text)
+{
+	cJSON *m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "role", role);
+	cJSON_AddStringToObject(m, "content", text);
+	cJSON_AddItemToArray(msgs, m);
+	return m;
+}
+
+/* A Responses API body's instructions and input as chat messages: instructions -> system; input a
+ * string -> one user message, or items: messages (developer -> system; content a string or parts
+ * joined with newlines), function calls as assistant text "[call name(arguments)]", their outputs
+ * as user text; other items (reasoning) carry nothing rendered. NULL with err (and *param) when
+ * the body is not one. */
+static cJSON *responses_messages(const cJSON *body, const char **param, struct sh_err *err)
+{
+	cJSON *msgs = cJSON_CreateArray();
+	const cJSON *ins = field(body, "instructions"), *in = field(body, "input"), *it;
+	struct sh_buf t = {0};
+
+	*param = "input";
+	if (ins && !cJSON_IsString(ins)) {
+		*param = "instructions";
+		sh_errf(err, "'instructions' must be a string");
+		goto bad;
+	}
+	if (ins)
+		add_msg(msgs, "system", ins->valuestring);
+	if (!in) {
+		sh_errf(err, "'input' is required");
+		goto bad;
+	}
+	if (cJSON_IsString(in)) {
+		add_msg(msgs, "user", in->valuestring);
+		return msgs;
+	}
+	if (!cJSON_IsArray(in)) {
+		sh_errf(err, "'input' must be a string or a list of items");
+		goto bad;
+	}
+	cJSON_ArrayForEach(it, in) {
+		const cJSON *type = field(it, "type"), *role = field(it, "role"), *content = field(it, "content");
+		const char *ty = cJSON_IsString(type) ? type->valuestring : "message";
+		const char *ro = cJSON_IsString(role) ? role->valuestring : "user";
+		if (!cJSON_IsObject(it)) {
+			sh_errf(err, "'input' items must be objects");
+			goto bad;
+		}
+		t.n = 0;
+		sh_buf_add(&t, "", 0);
+		if (!strcmp(ty, "message")) {
+			if (!strcmp(ro, "developer"))
+				ro = "system";
+			if (cJSON_IsString(content)) {
+				s_cat(&t, content->valuestring);
+			} else if (cJSON_IsArray(content)) {
+				const cJSON *part;
+				cJSON_ArrayForEach(part, content) {
+					const cJSON *x = field(part, "text");
+					if (!cJSON_IsString(x))
+						continue;
+					if (t.n)
+						sh_buf_add(&t, "\n", 1);
+					s_cat(&t, x->valuestring);
+				}
+			}
+		} else if (!strcmp(ty, "function_call")) {
+			const cJSON *n = field(it, "name"), *a = field(it, "arguments");
+			s_cat(&t, "[call ");
+			s_cat(&t, cJSON_IsString(n) ? n->valuestring : "");
+			s_cat(&t, "(");
+			s_cat(&t, cJSON_IsString(a) ? a->valuestring : "");
+			s_cat(&t, ")]");
+			ro = "assistant";
+		} else if (!strcmp(ty, "function_call_output")) {
+			const cJSON *o = field(it, "output");
+			s_cat(&t, cJSON_IsString(o) ? o->valuestring : "");
+			ro = "user";
+		} else {
+			continue;  /* reasoning and other item types carry nothing rendered */
+		}
+		sh_buf_add(&t, "", 1);  /* the NUL */
+		add_msg(msgs, ro, t.p);
+	}
+	free(t.p);
+	return msgs;
+bad:
+	free(t.p);
+	cJSON_Delete(msgs);
+	return NULL;
+}
+
 int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON *body,
 		    enum sh_prompt_kind kind, const char *model, size_t block, struct sh_prompt *out,
 		    struct sh_err *err)
@@ -542,6 +640,18 @@ int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON 
 
 	if (!cJSON_IsObject(body))
 		return sh_errf(err, "the request body is not a JSON object"), SH_PARSE;
+	if (kind == SH_PROMPT_RESPONSES) {
+		cJSON *msgs = responses_messages(body, &out->param, err), *chat_body;
+		if (!msgs)
+			return SH_PARSE;
+		chat_body = cJSON_CreateObject();
+		cJSON_AddItemToObject(chat_body, "messages", msgs);
+		rc = sh_prompt_build(tok, chat, chat_body, SH_PROMPT_CHAT, model, block, out, err);
+		cJSON_Delete(chat_body);
+		if (rc != SH_OK)
+			out->param = "input";
+		return rc;
+	}
 	if (kind == SH_PROMPT_COMPLETIONS)
 		msgs = NULL;
 	else if (kind == SH_PROMPT_CHAT)

@@ -80,6 +80,7 @@ enum sh_prompt_kind {
 	SH_PROMPT_CHAT,          /* messages (chat completions); prompt is ignored */
 	SH_PROMPT_COMPLETIONS,   /* prompt and suffix; messages is ignored */
 	SH_PROMPT_ANY,           /* messages if present, else prompt (tokenize) */
+	SH_PROMPT_RESPONSES,     /* /v1/responses: instructions and input, rendered as chat messages */
 };
 void sh_prompt_init(struct sh_prompt *p);
 void sh_prompt_release(struct sh_prompt *p);

@@ -106,6 +106,17 @@ kv_eq "bob (max_context 1000): a $n_b1-token prompt -> 400" 400 "$(kv_curl "$R" 
 kv_match "  says whose limit" "maximum context length is 1000 tokens .your account's limit." "$(cat "$R")"
 kv_eq "bob: 10 words, no max_tokens -> 200" 200 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$B" --data-binary @"$KV_TMP/open.json")"
 kv_eq "  max_tokens set to his room" $((1000 - n_small)) "$(kv_json "$R" 'j.kvup_max_tokens')"
+# every generation route is counted: /v1/responses (Codex) and a completions list of prompts
+# (both went through uncounted, past max_context and tokens per minute)
+node -e 'require("fs").writeFileSync(process.argv[1], JSON.stringify({model: "coder", instructions: "be brief",
+  input: [{type: "message", role: "user", content: [{type: "input_text", text: "hello ".repeat(1200)}]}]}))' "$KV_TMP/rb.json"
+kv_eq "bob: a long /v1/responses input -> 400" 400 "$(kv_curl "$R" "$U/v1/responses" -H "$B" --data-binary @"$KV_TMP/rb.json")"
+kv_match "  context_length_exceeded" '"code":"context_length_exceeded"' "$(cat "$R")"
+kv_eq "bob: a short one -> 200" 200 "$(kv_curl "$R" "$U/v1/responses" -H "$B" -d '{"model":"coder","input":"hi","max_output_tokens":5000}')"
+node -e 'require("fs").writeFileSync(process.argv[1], JSON.stringify({model: "coder", prompt: ["hi", "hello ".repeat(1200)]}))' "$KV_TMP/bb.json"
+kv_eq "bob: a list of prompts, one too long -> 400" 400 "$(kv_curl "$R" "$U/v1/completions" -H "$B" --data-binary @"$KV_TMP/bb.json")"
+kv_eq "bob: a list of short prompts -> 200" 200 "$(kv_curl "$R" "$U/v1/completions" -H "$B" -d '{"model":"coder","prompt":["hi","there"],"max_tokens":5}')"
+kv_eq "  a list with a non-prompt in it -> 400" 400 "$(kv_curl "$R" "$U/v1/completions" -H "$B" -d '{"model":"coder","prompt":["hi",5]}')"
 
 # ---- tokens per minute ----
 CC="Authorization: Bearer sk-carol"
