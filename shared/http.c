@@ -123,6 +123,7 @@ static int on_headers_complete(llhttp_t *p)
 	int rc = 0;
 
 	m->state = SH_HTTP_BODY;
+	m->n_head_hdrs = m->n_hdrs;
 	if (p->upgrade) {
 		m->err_status = 400;
 		m->err_msg = "protocol upgrades are not supported";
@@ -159,7 +160,12 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 
 static int on_message_complete(llhttp_t *p)
 {
-	MSG(p)->state = SH_HTTP_DONE;
+	struct sh_http_msg *m = MSG(p);
+
+	/* trailer fields (after a chunked body) came through the header callbacks, under the same
+	 * caps; they are not headers: a key or a content type there must not act as one */
+	m->n_hdrs = m->n_head_hdrs;
+	m->state = SH_HTTP_DONE;
 	return HPE_PAUSED;
 }
 

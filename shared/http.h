@@ -51,6 +51,7 @@ struct sh_http_msg {
 	uint32_t url, url_len;
 	struct sh_http_header *hdrs;
 	size_t n_hdrs, hdrs_cap;
+	size_t n_head_hdrs;               /* the header section's: trailers after it are dropped */
 	size_t header_bytes;              /* URL + header bytes stored so far */
 	uint64_t body_len;                /* decoded body bytes so far */
 	int in_value;                     /* the last header callback was a value */
