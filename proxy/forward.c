@@ -181,9 +181,17 @@ static void retry_or_fail(struct px_upconn *uc, int status, const char *msg, con
 
 	px_upconn_abort(uc);
 	sh_series_add(r->conn->srv->met.upstream_errors, 1);
+	/* An engine that was connected may have read the request (and died of it): at most two
+	 * engines' worth of deliveries, whatever the reason for the retry. */
+	if (uc->connected)
+		r->deliveries++;
 	/* A pooled connection the engine had closed meanwhile is not a failed attempt: try again on
 	 * a fresh connection (to any instance). */
-	if (stale && !(r->stale_retried)) {
+	if (r->deliveries >= 2) {
+		rc = status;
+		r->err_msg = msg;
+		r->err_code = code;
+	} else if (stale && !(r->stale_retried)) {
 		r->stale_retried = 1;
 		r->attempts--;
 		rc = attempt(r, NULL);

@@ -241,6 +241,7 @@ struct px_req {
 	struct px_upstream *up;         /* the upstream of the current attempt */
 	struct px_upconn *uc;
 	int attempts;                   /* upstream instances tried */
+	int deliveries;                 /* failed attempts on a connected engine (it may have read it) */
 	unsigned head_sent:1, chunked:1, sse:1, client_gone:1, stale_retried:1;
 	char tail[2];                   /* last two body bytes sent: SSE event boundary check */
 	struct px_cleanup *cleanups;

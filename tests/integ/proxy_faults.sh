@@ -84,6 +84,12 @@ kv_eq "every upstream dies before a byte -> 503" 503 "$(kv_curl "$R" "$B/v1/chat
 kv_err "503" "$R"
 kv_eq "  after exactly two attempts (one retry)" $((r0 + 2)) "$(kv_stat_sum requests "$UP1" "$UP2" "$UP3")"
 kv_eq "gate B serves afterwards" 200 "$(kv_curl "$R" "$B/v1/models")"
+# the same on pooled connections (warm them first): the fresh-connection retry of a reused one
+# counts too, so two engines' worth at most (it was three: a prompt that kills engines took two)
+for i in 1 2 3 4 5 6; do kv_curl "$R" "$B/v1/chat/completions" -d '{}' >/dev/null; done
+r0=$(kv_stat_sum requests "$UP1" "$UP2" "$UP3")
+kv_eq "on pooled connections -> 503" 503 "$(kv_curl "$R" "$B/v1/chat/completions" -H 'x-kvup-die-after: 0' -d '{}')"
+kv_eq "  delivered twice at most" $((r0 + 2)) "$(kv_stat_sum requests "$UP1" "$UP2" "$UP3")"
 
 # ---- gate C: only dead upstreams ----
 kv_port PC
