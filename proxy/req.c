@@ -133,7 +133,7 @@ struct px_req *px_req_new(struct px_conn *c)
 int px_req_headers(struct px_req *r)
 {
 	struct sh_http_msg *m = r->msg;
-	const char *rid;
+	const char *rid, *te;
 	size_t n;
 	int method;
 
@@ -144,9 +144,17 @@ int px_req_headers(struct px_req *r)
 		memcpy(r->rid, rid, n + 1);
 	else
 		rid_make(r);
+	/* A coding other than chunked (gzip, ...) would reach the engine undecoded under another name */
+	te = sh_http_header(m, "transfer-encoding", NULL);
+	if (te && strcasecmp(te, "chunked") != 0) {
+		m->err_status = 501;
+		m->err_msg = "a Transfer-Encoding other than chunked is not supported";
+		return -1;
+	}
 	/* Expect: 100-continue: the body is welcome (its size was checked against the cap before
-	 * this callback); say so, so the client sends it. */
-	if (sh_http_header_is(m, "expect", "100-continue") && sh_http_version_minor(m) >= 1)
+	 * this callback) where there is a route for it; say so, so the client sends it. */
+	if (r->route != PX_ROUTE_NOT_FOUND && sh_http_header_is(m, "expect", "100-continue") &&
+	    sh_http_version_minor(m) >= 1)
 		bufferevent_write(r->conn->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
 	return 0;
 }
@@ -264,11 +272,10 @@ void px_req_parse_error(struct px_conn *c)
 	struct px_req *r = c->req;
 	int status = c->msg.err_status ? c->msg.err_status : 400;
 
-	if (!r) {
-		/* garbage before anything parsed as a request */
-		c->req = r = px_req_new(c);
+	if (!r)
+		c->req = r = px_req_new(c);  /* garbage before anything parsed as a request */
+	if (!r->rid[0])
 		rid_make(r);
-	}
 	r->route = r->route ? r->route : PX_ROUTE_NOT_FOUND;
 	px_req_error(r, status, c->msg.err_msg ? c->msg.err_msg : "bad request",
 		     status == 413 ? "request_too_large" : status == 431 ? "headers_too_large" : "bad_request",
@@ -381,6 +388,11 @@ int px_req_read_json(struct px_req *r)
 	return PX_NEXT;
 }
 
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 /* GET /v1/models (and /v1/models/ID): what the pools serve, with the largest context any pool
  * gives each model (vLLM's max_model_len, which Continue reads). Returns PX_NEXT (forward it) while
  * no pool knows its model yet. */
@@ -388,12 +400,26 @@ static int models_local(struct px_req *r)
 {
 	struct px_server *srv = r->conn->srv;
 	const char *url = sh_http_url(r->msg), *want = NULL;
+	char id[256];
 	cJSON *root, *data, *one = NULL;
 	size_t i, j;
 	char *text;
 
-	if (strncmp(url, "/v1/models/", 11) == 0)
-		want = url + 11;
+	if (strncmp(url, "/v1/models/", 11) == 0) {
+		/* the id percent-decoded, without the query: the openai SDK sends org/m as org%2Fm */
+		size_t k = 0;
+		for (want = url + 11; *want && *want != '?' && k + 1 < sizeof(id); want++) {
+			int hi, lo;
+			if (*want == '%' && (hi = hexval(want[1])) >= 0 && (lo = hexval(want[2])) >= 0) {
+				id[k++] = (char)(hi * 16 + lo);
+				want += 2;
+			} else {
+				id[k++] = *want;
+			}
+		}
+		id[k] = 0;
+		want = id;
+	}
 	for (i = 0; i < srv->n_pools && !*px_pool_model(&srv->pools[i]); i++)
 		;
 	if (i == srv->n_pools)

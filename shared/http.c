@@ -62,8 +62,17 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
 static int on_url_complete(llhttp_t *p)
 {
 	struct sh_http_msg *m = MSG(p);
+	const char *u = m->buf + m->url, *path;
+	size_t n, s;
 
 	m->url_len = (uint32_t)(m->len - m->url);
+	n = m->url_len;
+	/* absolute-form (RFC 9112 3.2.2: a server accepts it): the path from here on */
+	s = n > 7 && strncasecmp(u, "http://", 7) == 0 ? 7 : n > 8 && strncasecmp(u, "https://", 8) == 0 ? 8 : 0;
+	if (s && (path = memchr(u + s, '/', n - s)) != NULL) {
+		m->url += (uint32_t)(path - u);
+		m->url_len -= (uint32_t)(path - u);
+	}
 	return terminate(m);
 }
 

@@ -137,6 +137,22 @@ if kv_raw "$P" 'send:POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 10
 	'count:1:100 Continue'; then kv_ok "Expect: 100-continue"
 else kv_fail "Expect: 100-continue: $(cat "$KV_TMP/raw.err")"; head -c 800 "$KV_TMP/raw.out"; echo; fi
 
+# no 100 Continue where there is no route (the body would only be refused)
+if kv_raw "$P" 'send:POST /nope HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n' \
+	'sleep:300' 'count:0:100 Continue'; then kv_ok "no 100 Continue for an unknown route"
+else kv_fail "100 Continue on an unknown route: $(cat "$KV_TMP/raw.err")"; fi
+# a Transfer-Encoding coding other than chunked: 501, not the gzip bytes sent on as plain
+if kv_raw "$P" 'send:POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n' \
+	'expect:3000:^HTTP/1.1 501 .*"message":"a Transfer-Encoding other than chunked'; then kv_ok "Transfer-Encoding gzip, chunked -> 501"
+else kv_fail "Transfer-Encoding gzip: $(cat "$KV_TMP/raw.err") $(head -c 300 "$KV_TMP/raw.out")"; fi
+# absolute-form request targets (RFC 9112: a server accepts them), and an id on parse errors
+if kv_raw "$P" 'send:GET http://127.0.0.1/v1/echo?a=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' \
+	'expect:3000:^HTTP/1.1 200 .*"path":"/v1/echo\?a=1"'; then kv_ok "absolute-form target -> its path"
+else kv_fail "absolute-form: $(cat "$KV_TMP/raw.err") $(head -c 300 "$KV_TMP/raw.out")"; fi
+if kv_raw "$P" 'send:GET /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n' \
+	'expect:3000:^HTTP/1.1 400 .*x-request-id: [0-9a-f]{16}\r\n'; then kv_ok "a parse error carries a request id"
+else kv_fail "parse error id: $(cat "$KV_TMP/raw.err") $(head -c 300 "$KV_TMP/raw.out")"; fi
+
 # ---- x-request-id: passed through when sane, else replaced; generated; returned ----
 kv_curl "$R" "$U/v1/echo" -H 'x-request-id: Abc-1.2_3' -d 'x' >/dev/null
 kv_eq "x-request-id passed to the upstream" Abc-1.2_3 "$(kv_json "$R" 'j.headers["x-request-id"]')"

@@ -98,6 +98,10 @@ kv_eq "  none of them reached an engine" "$r0" "$(kv_stat_sum requests "$S1" "$L
 kv_eq "unknown model -> 404" 404 "$(kv_curl "$R" "$U/v1/chat/completions" -H "$A" -d '{"model":"gpt-9","messages":[]}')"
 kv_match "  model_not_found" '"code":"model_not_found"' "$(cat "$R")"
 
+# /v1/models/ID: the id without the query, percent-decoded (the openai SDK encodes a slash as %2F)
+kv_eq "/v1/models/coder?x=1 -> 200" 200 "$(kv_curl "$R" "$U/v1/models/coder?x=1" -H "$A")"
+kv_eq "/v1/models/cod%65r -> 200" "200 coder" "$(kv_curl "$R" "$U/v1/models/cod%65r" -H "$A") $(kv_json "$R" j.id)"
+
 # ---- a user's max_context ----
 B="Authorization: Bearer sk-bob"
 chat "$KV_TMP/b1.json" 1200 -
