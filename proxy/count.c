@@ -10,7 +10,13 @@
 
 #include "chat.h"
 #include "limit.h"
+#include "req.h"
 #include "tok.h"
+#include "workers.h"
+
+/* Bodies shorter than this are counted on the loop thread (well under a millisecond); longer ones
+ * on a worker when count_threads > 0. */
+#define COUNT_INLINE_BYTES 16384
 
 int px_models_init(struct px_server *srv, struct sh_err *err)
 {
@@ -218,91 +224,92 @@ static int count_batch(const struct px_pool *p, const cJSON *body, const char *m
 	return SH_OK;
 }
 
-int px_count_stage(struct px_req *r)
-{
-	struct px_server *srv = r->conn->srv;
-	struct px_pool *cand[64], *best = NULL, *widest = NULL;
-	const cJSON *mj;
-	const char *model, *param;
-	struct sh_prompt pr;
-	struct sh_err err;
-	int64_t want, user_max, limit, best_limit = 0, widest_limit = -1;
-	int64_t n_prompts, batch_max = 0, batch_sum = 0, prompt_sum;
-	size_t n, i;
+/* What counting a request gives. */
+struct count_res {
+	struct sh_prompt pr;       /* ids and hashes (a list of prompts: the first's) */
 	int rc;
+	struct sh_err err;
+	int64_t n_prompts, batch_max, batch_sum;
+};
 
-	r->prompt_tokens = -1;
-	r->max_tokens = -1;
-	mj = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
+/* The count itself, of the body json for route against pool p's tokenizer: touches nothing but its
+ * arguments and the (thread-safe) tokenizer, so a worker may run it. */
+static void count_prompt(const struct px_pool *p, const cJSON *json, int route, const char *model,
+			 struct count_res *o)
+{
+	sh_prompt_init(&o->pr);
+	o->n_prompts = 1;
+	o->rc = sh_prompt_build(p->tok, p->chat, json,
+				route == PX_ROUTE_CHAT ? SH_PROMPT_CHAT :
+				route == PX_ROUTE_RESPONSES ? SH_PROMPT_RESPONSES : SH_PROMPT_COMPLETIONS,
+				model, p->block, &o->pr, &o->err);
+	if (o->rc == SH_DECLINED && route == PX_ROUTE_COMPLETIONS) { /* a list of prompts: each counted */
+		sh_prompt_release(&o->pr);
+		o->rc = count_batch(p, json, model, &o->pr, &o->batch_max, &o->batch_sum, &o->n_prompts, &o->err);
+		if (o->rc != SH_OK)
+			o->pr.param = "prompt";
+	}
+}
+
+/* The request's model (NULL: none) and the pools serving it; 0 with r->err_* and *status set
+ * when the body names none or a bad one. */
+static size_t request_pools(struct px_req *r, struct px_pool **cand, const char **model, int *status)
+{
+	const cJSON *mj = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
+	size_t n;
+
+	*status = PX_NEXT;
 	if (mj && !cJSON_IsString(mj) && !cJSON_IsNull(mj)) {
 		r->err_msg = "'model' must be a string";
 		r->err_param = "model";
 		r->err_code = "invalid_type";
-		return 400;
+		*status = 400;
+		return 0;
 	}
-	model = cJSON_IsString(mj) ? mj->valuestring : NULL;
-	n = candidates(srv, model, cand);
+	*model = cJSON_IsString(mj) ? mj->valuestring : NULL;
+	n = candidates(r->conn->srv, *model, cand);
 	if (n == 0) {
 		snprintf(r->err_buf, sizeof(r->err_buf), "The model `%.100s` does not exist or you do not have "
-			 "access to it.", model);
+			 "access to it.", *model);
 		r->err_msg = r->err_buf;
 		r->err_code = "model_not_found";
 		r->err_param = "model";
-		return 404;
+		*status = 404;
 	}
-	r->pool = cand[0];
-	/* Chat, completions and responses carry a prompt kvgate can count; the rest go to the first
-	 * pool that serves the model (without a tokenizer, responses go to the widest) */
-	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS && r->route != PX_ROUTE_RESPONSES)
-		return PX_NEXT;
-	if (!cand[0]->tok) {
-		for (i = 0; i < n; i++)
-			if (r->route == PX_ROUTE_RESPONSES && px_pool_max_len(cand[i]) > px_pool_max_len(r->pool))
-				r->pool = cand[i];
-		return PX_NEXT;  /* no tokenizer configured: a plain proxy for this model */
-	}
+	return n;
+}
 
+/* After the count (on the loop thread): refusals, the pool, the clamp, the minute's tokens. */
+static int count_finish(struct px_req *r, struct count_res *o)
+{
+	struct px_pool *cand[64], *best = NULL, *widest = NULL;
+	const char *model, *param;
+	int64_t want, user_max, limit, best_limit = 0, widest_limit = -1, prompt_sum;
+	size_t n, i;
+	int status;
+
+	n = request_pools(r, cand, &model, &status);  /* as the stage found them */
 	want = requested_max(r, &param);
-	if (want == -2) {
-		snprintf(r->err_buf, sizeof(r->err_buf), "'%s' must be a positive integer", param);
-		r->err_msg = r->err_buf;
-		r->err_param = param;
-		r->err_code = "invalid_value";
-		return 400;
-	}
-	sh_prompt_init(&pr);
-	rc = sh_prompt_build(cand[0]->tok, cand[0]->chat, r->json,
-			     r->route == PX_ROUTE_CHAT ? SH_PROMPT_CHAT :
-			     r->route == PX_ROUTE_RESPONSES ? SH_PROMPT_RESPONSES : SH_PROMPT_COMPLETIONS,
-			     model ? model : px_pool_model(cand[0]), cand[0]->block, &pr, &err);
-	n_prompts = 1;
-	if (rc == SH_DECLINED && r->route == PX_ROUTE_COMPLETIONS) { /* a list of prompts: each counted */
-		sh_prompt_release(&pr);
-		rc = count_batch(cand[0], r->json, model ? model : px_pool_model(cand[0]), &pr, &batch_max,
-				 &batch_sum, &n_prompts, &err);
-		if (rc != SH_OK)
-			pr.param = "prompt";
-	}
-	if (rc == SH_PARSE) {
-		r->err_param = pr.param;  /* a string constant */
-		sh_prompt_release(&pr);
-		snprintf(r->err_buf, sizeof(r->err_buf), "%s", err.msg);
+	if (o->rc == SH_PARSE) {
+		r->err_param = o->pr.param;  /* a string constant */
+		sh_prompt_release(&o->pr);
+		snprintf(r->err_buf, sizeof(r->err_buf), "%s", o->err.msg);
 		r->err_msg = r->err_buf;
 		r->err_code = "invalid_request";
 		return 400;
 	}
-	if (rc != SH_OK) {
-		/* Not countable here (batched prompts, no renderer): the engine decides. */
-		sh_prompt_release(&pr);
+	if (o->rc != SH_OK || n == 0) {
+		/* Not countable here (no renderer): the engine decides. */
+		sh_prompt_release(&o->pr);
 		return PX_NEXT;
 	}
 	/* a list of prompts: each must fit (the longest decides) and the minute is charged for all */
-	r->prompt_tokens = n_prompts > 1 ? batch_max : (int64_t)pr.ids.n;
-	prompt_sum = n_prompts > 1 ? batch_sum : r->prompt_tokens;
-	r->hashes = pr.hashes;
-	r->nhashes = pr.nhashes;
-	pr.hashes = NULL;
-	sh_prompt_release(&pr);
+	r->prompt_tokens = o->n_prompts > 1 ? o->batch_max : (int64_t)o->pr.ids.n;
+	prompt_sum = o->n_prompts > 1 ? o->batch_sum : r->prompt_tokens;
+	r->hashes = o->pr.hashes;
+	r->nhashes = o->pr.nhashes;
+	o->pr.hashes = NULL;
+	sh_prompt_release(&o->pr);
 
 	/* The smallest pool that fits prompt + max_tokens (at least one token of room when max_tokens
 	 * is not given); else the widest, with max_tokens clamped to its room. */
@@ -342,5 +349,106 @@ int px_count_stage(struct px_req *r)
 	/* outstanding work on the instance, for load balancing: the room left when max_tokens is open */
 	r->tokens_est = r->prompt_tokens + (want > 0 ? want : best_limit == INT64_MAX ? 0 : best_limit - r->prompt_tokens);
 	/* tokens per minute: the prompts and max_tokens when given (not a room nobody asked for) */
-	return px_limit_tokens(r, prompt_sum + n_prompts * (want > 0 ? want : 0));
+	return px_limit_tokens(r, prompt_sum + o->n_prompts * (want > 0 ? want : 0));
+}
+
+/* A count on a worker (count_threads > 0): the job owns the body while it runs (the request holds
+ * no pointer into it), and gives it back in done unless the request went away meanwhile. */
+struct count_job {
+	struct px_job job;
+	struct px_req *r;          /* NULL once the request is gone (count_job_forget) */
+	const struct px_pool *pool;
+	cJSON *json;
+	int route;
+	char *model;
+	struct count_res res;
+};
+
+static void count_job_run(struct px_job *j)
+{
+	struct count_job *cj = (struct count_job *)j;
+
+	count_prompt(cj->pool, cj->json, cj->route, cj->model, &cj->res);
+}
+
+static void count_job_done(struct px_job *j)
+{
+	struct count_job *cj = (struct count_job *)j;
+	struct px_req *r = cj->r;
+	struct count_res res = cj->res;
+
+	free(cj->model);
+	if (!r) { /* the request went away meanwhile */
+		sh_prompt_release(&res.pr);
+		cJSON_Delete(cj->json);
+		free(cj);
+		return;
+	}
+	r->count_job = NULL;
+	r->json = cj->json;
+	free(cj);
+	px_req_resume(r, count_finish(r, &res));
+}
+
+static void count_job_forget(void *arg)
+{
+	struct px_req *r = arg;
+
+	if (r->count_job)
+		((struct count_job *)r->count_job)->r = NULL;
+}
+
+int px_count_stage(struct px_req *r)
+{
+	struct px_server *srv = r->conn->srv;
+	struct px_pool *cand[64];
+	const char *model, *param;
+	struct count_res res;
+	int64_t want;
+	size_t n, i;
+	int status;
+
+	r->prompt_tokens = -1;
+	r->max_tokens = -1;
+	n = request_pools(r, cand, &model, &status);
+	if (n == 0)
+		return status;
+	r->pool = cand[0];
+	/* Chat, completions and responses carry a prompt kvgate can count; the rest go to the first
+	 * pool that serves the model (without a tokenizer, responses go to the widest) */
+	if (r->route != PX_ROUTE_CHAT && r->route != PX_ROUTE_COMPLETIONS && r->route != PX_ROUTE_RESPONSES)
+		return PX_NEXT;
+	if (!cand[0]->tok) {
+		for (i = 0; i < n; i++)
+			if (r->route == PX_ROUTE_RESPONSES && px_pool_max_len(cand[i]) > px_pool_max_len(r->pool))
+				r->pool = cand[i];
+		return PX_NEXT;  /* no tokenizer configured: a plain proxy for this model */
+	}
+
+	want = requested_max(r, &param);
+	if (want == -2) {
+		snprintf(r->err_buf, sizeof(r->err_buf), "'%s' must be a positive integer", param);
+		r->err_msg = r->err_buf;
+		r->err_param = param;
+		r->err_code = "invalid_value";
+		return 400;
+	}
+	if (srv->workers.n && evbuffer_get_length(r->body) >= COUNT_INLINE_BYTES) {
+		struct count_job *cj = sh_calloc(1, sizeof(*cj));
+
+		cj->job.run = count_job_run;
+		cj->job.done = count_job_done;
+		cj->r = r;
+		cj->pool = cand[0];
+		cj->json = r->json;
+		cj->route = r->route;
+		cj->model = sh_strdup(model ? model : px_pool_model(cand[0]));
+		r->json = NULL;  /* the job's until done */
+		r->count_job = cj;
+		px_req_cleanup_add(r, count_job_forget, r);
+		px_workers_submit(&srv->workers, &cj->job);
+		return PX_AGAIN;
+	}
+	count_prompt(cand[0], r->json, r->route, model ? model : px_pool_model(cand[0]), &res);
+	return count_finish(r, &res);
 }

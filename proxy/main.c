@@ -157,6 +157,10 @@ static int serve(const char *conf_path, int check_only)
 	event_add(srv.sig_term, NULL);
 	event_add(srv.sig_int, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	if (px_workers_start(&srv.workers, srv.base, (int)srv.conf.count_threads, &err)) {
+		fprintf(stderr, "kvgate: %s\n", err.msg);
+		goto out_workers;  /* nothing else started yet but the signals and the listeners */
+	}
 	px_health_start(&srv);
 
 	px_log("kvgate %s listening on%s%s%s%s (%zu pool(s), %s)", KVGATE_VERSION,
@@ -171,6 +175,8 @@ static int serve(const char *conf_path, int check_only)
 	while ((c = srv.conns))
 		px_conn_close(c);
 	px_conn_reap(&srv);
+	px_workers_stop(&srv.workers);  /* after the requests: their jobs see them gone */
+out_workers:
 	event_free(srv.free_ev);
 	srv.free_ev = NULL;  /* from here on, closed upstream connections are freed at once */
 	event_free(srv.sig_hup);

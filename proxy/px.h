@@ -11,6 +11,7 @@
 #include "conf.h"
 #include "http.h"
 #include "metrics.h"
+#include "workers.h"
 
 struct event_base;
 struct event;
@@ -63,6 +64,7 @@ struct px_conf {
 	int64_t upstream_connect_timeout_ms;
 	int64_t upstream_first_byte_timeout_ms;
 	int64_t upstream_read_timeout_ms;
+	int64_t count_threads;          /* workers that count long prompts (0: the event loop does) */
 	int64_t upstream_keepalive;     /* idle pooled connections kept per upstream */
 	int64_t stream_buffer_bytes;    /* client output above this: stop reading the upstream */
 	int64_t shutdown_timeout_ms;    /* SIGTERM: how long in-flight requests may take */
@@ -194,6 +196,7 @@ struct px_server {
 	int draining;
 	uint64_t next_rid;
 	int64_t t_start_s;              /* wall clock at start: `created` of the models list */
+	struct px_workers workers;      /* count_threads: long prompts counted off the loop */
 };
 
 /* ---- request and connection (proxy/conn.c, proxy/req.c) ---- */
@@ -235,6 +238,7 @@ struct px_req {
 	struct px_upstream *outstanding_on;  /* the instance tokens_est is counted on */
 	struct px_wait *wait;           /* the limit stage's state: slot, queue place */
 	int rpm_charged;                /* took a requests_per_minute token (given back on a later 429) */
+	void *count_job;                /* the count stage's job on a worker (it holds json meanwhile) */
 	int64_t t_start_us, t_ttfb_us, t_end_us;
 	uint64_t bytes_out;             /* response body bytes to the client */
 	struct px_pool *pool;

@@ -88,6 +88,8 @@ static const struct sh_conf_key keys[] = {
 	  120000, NULL, 0, NULL, 0, "request sent to the first response byte (includes prefill); then 504" },
 	{ "upstream_read_timeout_ms", SH_CONF_INT, K(upstream_read_timeout_ms), 10, MS_MAX, 120000, NULL, 0,
 	  NULL, 0, "after the first byte, the longest silence of an engine; then the response ends with an error" },
+	{ "count_threads", SH_CONF_INT, K(count_threads), 0, 64, 2, NULL, 0, NULL, 0,
+	  "threads that count the tokens of long prompts off the event loop (0: the loop counts them)" },
 	{ "upstream_keepalive", SH_CONF_INT, K(upstream_keepalive), 0, 100000, 64, NULL, 0, NULL, 0,
 	  "idle pooled connections kept per engine instance" },
 	{ "stream_buffer_bytes", SH_CONF_INT, K(stream_buffer_bytes), 4096, 67108864, 262144, NULL, 0,

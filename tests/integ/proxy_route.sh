@@ -184,4 +184,20 @@ kv_eq "  moved to $other (load beat the cached prefix)" "$other" "$(served)"
 kv_curl "$R" "$U/metrics" >/dev/null
 kv_ge "route decisions by load" "$(kv_metric 'kvgate_route_decisions_total\{pool="long",cause="load"' "$R")" 1
 
+# ---- a long prompt is counted on a worker thread: the event loop answers meanwhile ----
+node -e 'let s="", x=7; while (s.length < 6e6) { x = (x * 1103515245 + 12345) % 2147483648;
+  s += ["def ", "foo", "bar(", "x)", " return ", "\n    "][x % 6] + (x % 99991); }
+  require("fs").writeFileSync(process.argv[1], JSON.stringify({model: "coder", prompt: s, max_tokens: 1}))' "$KV_TMP/big.json"
+t0=$(kv_now)
+curl -s -o "$KV_TMP/big.out" -w '%{http_code}' --max-time 60 "$U/v1/completions" -H "$A" --data-binary @"$KV_TMP/big.json" >"$KV_TMP/big.code" &
+BIGPID=$!
+sleep 0.3
+t1=$(kv_now)
+kv_eq "/health while a 6 MB prompt is counted" 200 "$(kv_curl "$R" "$U/health")"
+t2=$(kv_now)
+wait "$BIGPID"
+t3=$(kv_now)
+kv_eq "  the 6 MB prompt: counted, over every pool -> 400" 400 "$(cat "$KV_TMP/big.code")"
+kv_le "  /health did not wait for the count (ms; the count took $((t3 - t0)) ms)" $((t2 - t1)) $(( (t3 - t0) / 3 ))
+
 kv_done
