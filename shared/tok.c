@@ -924,67 +924,71 @@ static const char *am_text(const struct tok_added *a, uint32_t *len)
 	return a->normalized ? a->ncontent : a->content;
 }
 
-static int cmp_added_len(const void *a, const void *b, void *arg)
+static int32_t am_node(struct tok_amatch *am, uint8_t label)
 {
-	const struct tok_added *t = arg;
-	const struct tok_added *x = &t[*(const int32_t *)a], *y = &t[*(const int32_t *)b];
-	uint32_t xl, yl;
-	const char *xs = am_text(x, &xl), *ys = am_text(y, &yl);
-	unsigned kx = ((unsigned char)xs[0] << 8) | (unsigned char)xs[1];
-	unsigned ky = ((unsigned char)ys[0] << 8) | (unsigned char)ys[1];
-	if (kx != ky)
-		return kx < ky ? -1 : 1;
-	if (xl != yl)
-		return xl > yl ? -1 : 1;
-	return *(const int32_t *)a - *(const int32_t *)b;
+	if (am->nodes == am->cap) {
+		am->cap = am->cap ? am->cap * 2 : 256;
+		am->kid = sh_realloc(am->kid, am->cap * sizeof(*am->kid));
+		am->sib = sh_realloc(am->sib, am->cap * sizeof(*am->sib));
+		am->label = sh_realloc(am->label, am->cap * sizeof(*am->label));
+		am->term = sh_realloc(am->term, am->cap * sizeof(*am->term));
+	}
+	am->kid[am->nodes] = am->sib[am->nodes] = am->term[am->nodes] = -1;
+	am->label[am->nodes] = label;
+	return (int32_t)am->nodes++;
+}
+
+/* The child of node x by byte b, or -1. */
+static int32_t am_child(const struct tok_amatch *am, int32_t x, uint8_t b)
+{
+	int32_t c;
+	for (c = am->kid[x]; c >= 0 && am->label[c] != b; c = am->sib[c])
+		;
+	return c;
 }
 
 static void amatch_build(struct tok_amatch *am, struct sh_tok *tok, int normalized)
 {
-	size_t n = 0, k = 0;
-	am->single = sh_malloc(256 * sizeof(int32_t));
+	size_t n = 0;
 	for (int i = 0; i < 256; i++)
-		am->single[i] = -1;
-	am->start = sh_calloc(65537, sizeof(uint32_t));
-	am->order = sh_malloc((tok->nadded + 1) * sizeof(int32_t));
+		am->root[i] = -1;
+	am_node(am, 0); /* the root (unused: root[] holds its children) */
 	for (size_t i = 0; i < tok->nadded; i++) {
 		struct tok_added *a = &tok->added[i];
 		uint32_t l;
 		const char *c;
+		int32_t x;
 		if (a->normalized != normalized)
 			continue;
 		c = am_text(a, &l);
 		if (!l)
 			continue;
 		am->first[(unsigned char)c[0]] = 1;
-		if (l == 1) {
-			if (am->single[(unsigned char)c[0]] < 0)
-				am->single[(unsigned char)c[0]] = (int32_t)i;
-		} else {
-			am->order[k++] = (int32_t)i;
+		if (am->root[(unsigned char)c[0]] < 0)
+			am->root[(unsigned char)c[0]] = am_node(am, (uint8_t)c[0]);
+		x = am->root[(unsigned char)c[0]];
+		for (uint32_t k = 1; k < l; k++) {
+			int32_t y = am_child(am, x, (uint8_t)c[k]);
+			if (y < 0) {
+				y = am_node(am, (uint8_t)c[k]);
+				am->sib[y] = am->kid[x];
+				am->kid[x] = y;
+			}
+			x = y;
 		}
+		if (am->term[x] < 0) /* the same text twice: the first token */
+			am->term[x] = (int32_t)i;
 		n++;
-	}
-	qsort_r(am->order, k, sizeof(int32_t), cmp_added_len, tok->added);
-	for (size_t i = 0, b = 0; b <= 65536; b++) {
-		while (i < k) {
-			uint32_t l;
-			const char *c = am_text(&tok->added[am->order[i]], &l);
-			unsigned key = ((unsigned char)c[0] << 8) | (unsigned char)c[1];
-			if (key >= b)
-				break;
-			i++;
-		}
-		am->start[b] = (uint32_t)i;
 	}
 	am->n = n;
 }
 
 static void amatch_release(struct tok_amatch *am)
 {
-	free(am->order);
-	free(am->start);
-	free(am->single);
+	free(am->kid);
+	free(am->sib);
+	free(am->label);
+	free(am->term);
 	memset(am, 0, sizeof(*am));
 }
 
@@ -1626,21 +1630,12 @@ static int next_added(const struct sh_tok *tok, const struct tok_amatch *am, con
 			pos++;
 			continue;
 		}
-		if (pos + 1 < n) {
-			unsigned key = (unsigned)u[pos] << 8 | u[pos + 1];
-			for (uint32_t j = am->start[key]; j < am->start[key + 1]; j++) {
-				uint32_t l;
-				const char *c = am_text(&tok->added[am->order[j]], &l);
-				if (l <= n - pos && !memcmp(s + pos, c, l)) {
-					found = am->order[j];
-					flen = l;
-					break;
-				}
-			}
-		}
-		if (found < 0 && am->single[u[pos]] >= 0) {
-			found = am->single[u[pos]];
-			flen = 1;
+		/* the longest token at pos: the deepest node on the walk where one ends */
+		int32_t x = am->root[u[pos]];
+		for (size_t k = 1; x >= 0; k++) {
+			if (am->term[x] >= 0)
+				found = am->term[x], flen = k;
+			x = pos + k < n ? am_child(am, x, u[pos + k]) : -1;
 		}
 		if (found < 0) {
 			pos++;

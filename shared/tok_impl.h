@@ -70,10 +70,16 @@ struct tok_added {
 };
 
 /* Finds added tokens in text, leftmost-longest, by the first two bytes. */
+/* A byte trie of the added tokens' texts: matching at a position walks it once, whatever the
+ * number of tokens sharing a prefix (DeepSeek-V3 has ~800 beginning "<｜"; comparing each was
+ * quadratic-looking on text full of "<｜"). Node 0 is the root; root[b] the node of byte b. */
 struct tok_amatch {
-	int32_t *order;      /* indexes into tok->added, grouped by first byte pair, longest first */
-	uint32_t *start;     /* 65537 bucket starts into order (index b0 << 8 | b1) */
-	int32_t *single;     /* 256: the one-byte token for a byte, or -1 */
+	int32_t root[256];   /* -1: no token starts with b */
+	int32_t *kid;        /* first child, -1: none */
+	int32_t *sib;        /* next sibling, -1: none */
+	uint8_t *label;      /* the byte into the node */
+	int32_t *term;       /* index into tok->added of the token ending here, -1: none */
+	size_t nodes, cap;
 	uint8_t first[256];  /* bytes an added token may start with */
 	size_t n;
 };
