@@ -21,6 +21,7 @@
 
 #include "http.h"
 #include "net.h"
+#include "workers.h"
 
 #define CONN_INPUT_HIGH (256 * 1024)
 #define HDR_TIMEOUT_MS 30000
@@ -66,6 +67,7 @@ struct eng_conn {
 	int busy;                       /* a request is being answered */
 	int keep_alive;
 	int head;                       /* the request is a HEAD: headers only */
+	void *pj;                       /* its body being parsed on a worker (struct parse_job) */
 	int dead, close_after, in_parse;
 	char rid[128], user[64];
 	struct eng_conn *next, *prev, *next_dead;
@@ -86,6 +88,7 @@ struct eng_server {
 	void *drained_ud;
 	uint64_t n_req;
 	uint64_t id_key;                /* random at start: response ids differ across instances and runs */
+	struct sh_workers workers;      /* long bodies are parsed (their prompts tokenized) off the loop */
 	pthread_mutex_t met_mu;
 	struct sh_metrics reg;
 	struct sh_series *m_running, *m_waiting, *m_usage, *m_prompt, *m_gen, *m_pcq, *m_pch, *m_preempt;
@@ -663,16 +666,16 @@ static uint64_t rand_seed(struct eng_server *srv)
 	return mix64(srv->conf.seed * 0xD1B54A32D192ED03ull + ++srv->n_req * 0x9E3779B97F4A7C15ull);
 }
 
-static void handle_generate(struct eng_conn *c, enum eng_api_kind kind)
+/* A parsed request (rc: eng_api_parse's): the error, or the generation started. Takes r. */
+static void generate_parsed(struct eng_conn *c, enum eng_api_kind kind, int rc, struct eng_api_req *rp,
+			    const struct eng_api_err *ep)
 {
 	struct eng_server *srv = c->srv;
 	const struct eng_api_ctx *ctx = srv->ctx;
-	struct eng_api_req r;
-	struct eng_api_err e = {0};
-	size_t blen = evbuffer_get_length(c->body);
-	const char *body = (const char *)evbuffer_pullup(c->body, -1);
+	struct eng_api_req r = *rp;
+	struct eng_api_err e = *ep;
 
-	if (eng_api_parse(ctx, body ? body : "", blen, kind, &r, &e)) {
+	if (rc) {
 		eng_api_req_release(&r);
 		send_error(c, e.status, e.msg, e.param, e.code);
 		return;
@@ -774,6 +777,69 @@ static void handle_generate(struct eng_conn *c, enum eng_api_kind kind)
 	}
 	for (int i = 0; i < g->n_choices; i++)
 		eng_sched_submit(srv->sched, g->ch[i].seq);
+}
+
+/* A body of PARSE_INLINE_BYTES or more is parsed (its prompts tokenized: ~5 MB/s) on a worker, so
+ * that the loop goes on writing every other stream; the job forgets a connection that closed. */
+#define PARSE_INLINE_BYTES 16384
+#define ENG_PARSE_THREADS 2
+
+struct parse_job {
+	struct sh_job job;
+	struct eng_conn *c;             /* NULL once the connection closed */
+	const struct eng_api_ctx *ctx;
+	enum eng_api_kind kind;
+	char *body;
+	size_t len;
+	int rc;
+	struct eng_api_req r;
+	struct eng_api_err e;
+};
+
+static void parse_run(struct sh_job *j)
+{
+	struct parse_job *pj = (struct parse_job *)j;
+	pj->rc = eng_api_parse(pj->ctx, pj->body, pj->len, pj->kind, &pj->r, &pj->e);
+}
+
+static void parse_done(struct sh_job *j)
+{
+	struct parse_job *pj = (struct parse_job *)j;
+	struct eng_conn *c = pj->c;
+	free(pj->body);
+	if (c) {
+		c->pj = NULL;
+		generate_parsed(c, pj->kind, pj->rc, &pj->r, &pj->e);
+	} else {
+		eng_api_req_release(&pj->r);
+	}
+	free(pj);
+}
+
+static void handle_generate(struct eng_conn *c, enum eng_api_kind kind)
+{
+	struct eng_server *srv = c->srv;
+	struct eng_api_req r;
+	struct eng_api_err e = {0};
+	size_t blen = evbuffer_get_length(c->body);
+	const char *body = (const char *)evbuffer_pullup(c->body, -1);
+
+	if (srv->workers.n && blen >= PARSE_INLINE_BYTES) {
+		struct parse_job *pj = sh_calloc(1, sizeof(*pj));
+		pj->job.run = parse_run;
+		pj->job.done = parse_done;
+		pj->c = c;
+		pj->ctx = srv->ctx;
+		pj->kind = kind;
+		pj->body = sh_malloc(blen);
+		memcpy(pj->body, body, blen); /* the connection may go away meanwhile */
+		pj->len = blen;
+		c->pj = pj;
+		sh_workers_submit(&srv->workers, &pj->job);
+		return;
+	}
+	int rc = eng_api_parse(srv->ctx, body ? body : "", blen, kind, &r, &e);
+	generate_parsed(c, kind, rc, &r, &e);
 }
 
 /* ---- other endpoints ---- */
@@ -1098,6 +1164,8 @@ static void conn_close(struct eng_conn *c)
 	c->dead = 1;
 	if (c->g)
 		greq_free(c->g);  /* cancels its sequences: the scheduler frees their blocks next step */
+	if (c->pj)
+		((struct parse_job *)c->pj)->c = NULL;
 	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 	evtimer_del(c->timer);
 	if (c->prev)
@@ -1290,6 +1358,7 @@ struct eng_server *eng_server_new(struct event_base *base, const struct eng_serv
 	srv->sched = sched;
 	srv->ctx = ctx;
 	srv->efd = -1;
+	srv->workers.efd = -1; /* not started: eng_server_free may run before */
 	if (getrandom(&srv->id_key, sizeof(srv->id_key), 0) != sizeof(srv->id_key))
 		srv->id_key = (uint64_t)sh_now_us() ^ ((uint64_t)sh_wall_s() << 20) ^ ((uint64_t)getpid() << 40);
 	pthread_mutex_init(&srv->met_mu, NULL);
@@ -1306,6 +1375,8 @@ struct eng_server *eng_server_new(struct event_base *base, const struct eng_serv
 	event_add(srv->efd_ev, NULL);
 	srv->free_ev = event_new(base, -1, 0, free_cb, srv);
 	srv->drain_ev = event_new(base, -1, 0, drain_cb, srv);
+	if (sh_workers_start(&srv->workers, base, ENG_PARSE_THREADS, err))
+		goto fail;
 	srv->lis = evconnlistener_new_bind(base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
 					   (struct sockaddr *)&sa, salen);
 	if (!srv->lis) {
@@ -1327,6 +1398,7 @@ void eng_server_free(struct eng_server *srv)
 	while (srv->conns)
 		conn_close(srv->conns);
 	reap(srv);
+	sh_workers_stop(&srv->workers); /* after the connections: their jobs find them gone */
 	if (srv->efd_ev)
 		event_free(srv->efd_ev);
 	if (srv->free_ev)

@@ -355,7 +355,7 @@ static int count_finish(struct px_req *r, struct count_res *o)
 /* A count on a worker (count_threads > 0): the job owns the body while it runs (the request holds
  * no pointer into it), and gives it back in done unless the request went away meanwhile. */
 struct count_job {
-	struct px_job job;
+	struct sh_job job;
 	struct px_req *r;          /* NULL once the request is gone (count_job_forget) */
 	const struct px_pool *pool;
 	cJSON *json;
@@ -364,14 +364,14 @@ struct count_job {
 	struct count_res res;
 };
 
-static void count_job_run(struct px_job *j)
+static void count_job_run(struct sh_job *j)
 {
 	struct count_job *cj = (struct count_job *)j;
 
 	count_prompt(cj->pool, cj->json, cj->route, cj->model, &cj->res);
 }
 
-static void count_job_done(struct px_job *j)
+static void count_job_done(struct sh_job *j)
 {
 	struct count_job *cj = (struct count_job *)j;
 	struct px_req *r = cj->r;
@@ -446,7 +446,7 @@ int px_count_stage(struct px_req *r)
 		r->json = NULL;  /* the job's until done */
 		r->count_job = cj;
 		px_req_cleanup_add(r, count_job_forget, r);
-		px_workers_submit(&srv->workers, &cj->job);
+		sh_workers_submit(&srv->workers, &cj->job);
 		return PX_AGAIN;
 	}
 	count_prompt(cand[0], r->json, r->route, model ? model : px_pool_model(cand[0]), &res);

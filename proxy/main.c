@@ -157,7 +157,7 @@ static int serve(const char *conf_path, int check_only)
 	event_add(srv.sig_term, NULL);
 	event_add(srv.sig_int, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if (px_workers_start(&srv.workers, srv.base, (int)srv.conf.count_threads, &err)) {
+	if (sh_workers_start(&srv.workers, srv.base, (int)srv.conf.count_threads, &err)) {
 		fprintf(stderr, "kvgate: %s\n", err.msg);
 		goto out_workers;  /* nothing else started yet but the signals and the listeners */
 	}
@@ -175,7 +175,7 @@ static int serve(const char *conf_path, int check_only)
 	while ((c = srv.conns))
 		px_conn_close(c);
 	px_conn_reap(&srv);
-	px_workers_stop(&srv.workers);  /* after the requests: their jobs see them gone */
+	sh_workers_stop(&srv.workers);  /* after the requests: their jobs see them gone */
 out_workers:
 	event_free(srv.free_ev);
 	srv.free_ev = NULL;  /* from here on, closed upstream connections are freed at once */

@@ -196,7 +196,7 @@ struct px_server {
 	int draining;
 	uint64_t next_rid;
 	int64_t t_start_s;              /* wall clock at start: `created` of the models list */
-	struct px_workers workers;      /* count_threads: long prompts counted off the loop */
+	struct sh_workers workers;      /* count_threads: long prompts counted off the loop */
 };
 
 /* ---- request and connection (proxy/conn.c, proxy/req.c) ---- */

@@ -162,6 +162,18 @@ kv_eq "prompt_tokens_total: once for n = 3" "$(kv_jval "$T/m3" 'j.usage.prompt_t
 # a NUL in a string: refused (it used to cut the prompt short); an escaped backslash before u0000 is text
 kv_eq "a NUL in the prompt: 400" 400 "$(kv_post "$P" /v1/completions '{"prompt":"a\u0000b","max_tokens":1}' "$T/e18")"
 kv_eq "a backslash then u0000: served" 200 "$(kv_post "$P" /v1/completions '{"prompt":"a\\u0000b","max_tokens":1}' "$T/e19")"
+# bodies of 16 KB or more are parsed on a worker thread: the same answers
+node -e 'require("fs").writeFileSync(process.argv[1], JSON.stringify({prompt: "hello world, this is", max_tokens: 24,
+  ignore_eos: true, temperature: 0, pad: "x".repeat(40000)}))' "$T/big1.json"
+kv_post "$P" /v1/completions "@$T/big1.json" "$T/big1" >/dev/null
+kv_eq "a 40 KB body (parsed on a worker): the same greedy text" "$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/big1" 'j.choices[0].text')"
+node -e 'let s="", x=7; while (s.length < 2e6) { x = (x * 1103515245 + 12345) % 2147483648; s += "w" + (x % 99991) + " "; }
+  require("fs").writeFileSync(process.argv[1], JSON.stringify({prompt: s, max_tokens: 1}))' "$T/big2.json"
+kv_eq "a 2 MB prompt: context_length_exceeded from the worker" "400 context_length_exceeded" \
+	"$(kv_post "$P" /v1/completions "@$T/big2.json" "$T/big2") $(kv_jval "$T/big2" 'j.error.code')"
+curl -s -o /dev/null --max-time 0.2 "http://127.0.0.1:$P/v1/completions" --data-binary "@$T/big2.json"
+sleep 1
+kv_eq "  a client gone during its parse: the engine serves on" 200 "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/health")"
 # messages is an unknown field on /v1/completions: ignored, the prompt is what runs
 kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":24,"ignore_eos":true,"temperature":0,"messages":"junk"}' "$T/e12" >/dev/null
 kv_eq "completions ignore a messages field" "$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/e12" 'j.choices[0].text')"

@@ -6,12 +6,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "proxy/workers.h"
+#include "workers.h"
 
 #define NJOBS 200
 
 struct tjob {
-	struct px_job job;
+	struct sh_job job;
 	int in;
 	long out;
 	pthread_t ran_on;
@@ -21,7 +21,7 @@ static pthread_t loop_thread;
 static int n_done, done_off_loop, run_on_loop;
 static struct event_base *base;
 
-static void tj_run(struct px_job *j)
+static void tj_run(struct sh_job *j)
 {
 	struct tjob *t = (struct tjob *)j;
 	long s = 0;
@@ -32,7 +32,7 @@ static void tj_run(struct px_job *j)
 	t->ran_on = pthread_self();
 }
 
-static void tj_done(struct px_job *j)
+static void tj_done(struct sh_job *j)
 {
 	struct tjob *t = (struct tjob *)j;
 	long s = 0;
@@ -48,19 +48,19 @@ static void tj_done(struct px_job *j)
 
 START_TEST(jobs_run_and_come_back)
 {
-	struct px_workers w;
+	struct sh_workers w;
 	struct sh_err err;
 	struct tjob *jobs = calloc(NJOBS, sizeof(*jobs));
 
 	loop_thread = pthread_self();
 	base = event_base_new();
 	n_done = done_off_loop = run_on_loop = 0;
-	ck_assert_int_eq(px_workers_start(&w, base, 3, &err), SH_OK);
+	ck_assert_int_eq(sh_workers_start(&w, base, 3, &err), SH_OK);
 	for (int i = 0; i < NJOBS; i++) {
 		jobs[i].job.run = tj_run;
 		jobs[i].job.done = tj_done;
 		jobs[i].in = i;
-		px_workers_submit(&w, &jobs[i].job);
+		sh_workers_submit(&w, &jobs[i].job);
 	}
 	event_base_dispatch(base);
 	ck_assert_int_eq(n_done, NJOBS);
@@ -69,8 +69,8 @@ START_TEST(jobs_run_and_come_back)
 	/* queued at stop: run, then done, inside stop */
 	n_done = 0;
 	for (int i = 0; i < NJOBS; i++)
-		px_workers_submit(&w, &jobs[i].job);
-	px_workers_stop(&w);
+		sh_workers_submit(&w, &jobs[i].job);
+	sh_workers_stop(&w);
 	ck_assert_int_eq(n_done, NJOBS);
 	event_base_free(base);
 	base = NULL;
@@ -80,17 +80,17 @@ END_TEST
 
 START_TEST(no_threads)
 {
-	struct px_workers w;
+	struct sh_workers w;
 	struct sh_err err;
 	struct tjob t = {{tj_run, tj_done, NULL}, 5, 0, 0};
 
 	loop_thread = pthread_self();
 	n_done = done_off_loop = run_on_loop = 0;
-	ck_assert_int_eq(px_workers_start(&w, NULL, 0, &err), SH_OK);
-	px_workers_submit(&w, &t.job);
+	ck_assert_int_eq(sh_workers_start(&w, NULL, 0, &err), SH_OK);
+	sh_workers_submit(&w, &t.job);
 	ck_assert_int_eq(n_done, 1);
 	ck_assert_int_eq(run_on_loop, 1);
-	px_workers_stop(&w);
+	sh_workers_stop(&w);
 }
 END_TEST
 

@@ -8,9 +8,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-static void run_done(struct px_workers *w)
+static void run_done(struct sh_workers *w)
 {
-	struct px_job *j, *next;
+	struct sh_job *j, *next;
 
 	pthread_mutex_lock(&w->mu);
 	j = w->done;
@@ -35,12 +35,12 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 
 static void *worker(void *arg)
 {
-	struct px_workers *w = arg;
+	struct sh_workers *w = arg;
 	uint64_t one = 1;
 
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
-		struct px_job *j;
+		struct sh_job *j;
 
 		while (!w->todo && !w->stop)
 			pthread_cond_wait(&w->cv, &w->mu);
@@ -63,7 +63,7 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-int px_workers_start(struct px_workers *w, struct event_base *base, int n, struct sh_err *err)
+int sh_workers_start(struct sh_workers *w, struct event_base *base, int n, struct sh_err *err)
 {
 	int i;
 
@@ -82,7 +82,7 @@ int px_workers_start(struct px_workers *w, struct event_base *base, int n, struc
 	for (i = 0; i < n; i++) {
 		if (pthread_create(&w->th[i], NULL, worker, w) != 0) {
 			w->n = i;
-			px_workers_stop(w);
+			sh_workers_stop(w);
 			return sh_errf(err, "cannot start worker thread %d", i);
 		}
 	}
@@ -90,7 +90,7 @@ int px_workers_start(struct px_workers *w, struct event_base *base, int n, struc
 	return SH_OK;
 }
 
-void px_workers_submit(struct px_workers *w, struct px_job *j)
+void sh_workers_submit(struct sh_workers *w, struct sh_job *j)
 {
 	if (!w->n) {
 		j->run(j);
@@ -108,7 +108,7 @@ void px_workers_submit(struct px_workers *w, struct px_job *j)
 	pthread_mutex_unlock(&w->mu);
 }
 
-void px_workers_stop(struct px_workers *w)
+void sh_workers_stop(struct sh_workers *w)
 {
 	int i;
 
