@@ -134,31 +134,35 @@ static int parse_bias(const cJSON *body, size_t vocab, struct eng_sampling *s, s
 	return SH_OK;
 }
 
-static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_api_err *e)
+static int parse_sampling(const struct eng_api_ctx *ctx, const cJSON *body, struct eng_api_req *r,
+			  struct eng_api_err *e)
 {
 	struct eng_seq_params *p = &r->par;
 	struct eng_sampling *s = &p->smp;
 	double d;
 	int64_t i;
 
-	eng_sampling_defaults(s);
+	if (ctx->defaults)
+		*s = *ctx->defaults;
+	else
+		eng_sampling_defaults(s);
 	p->skip_special = 1;
 	p->logprobs = -1;
 	d = s->temperature;
 	if (get_num(body, "temperature", 0, 100, &d, e))
 		return SH_ERR;
 	s->temperature = (float)d;
-	d = 1;
+	d = s->top_p;
 	if (get_num(body, "top_p", 0, 1, &d, e))
 		return SH_ERR;
 	if (d <= 0)
 		return fail(e, 400, "top_p", NULL, "'top_p' must be in (0, 1], got 0");
 	s->top_p = (float)d;
-	i = 0;
+	i = s->top_k;
 	if (get_int(body, "top_k", -1, 1 << 30, &i, e))
 		return SH_ERR;
 	s->top_k = (int)i;
-	d = 0;
+	d = s->min_p;
 	if (get_num(body, "min_p", 0, 1, &d, e))
 		return SH_ERR;
 	s->min_p = (float)d;
@@ -170,7 +174,7 @@ static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_a
 	if (get_num(body, "frequency_penalty", -2, 2, &d, e))
 		return SH_ERR;
 	s->frequency_penalty = (float)d;
-	d = 1;
+	d = s->repetition_penalty;
 	if (get_num(body, "repetition_penalty", 1e-6, 100, &d, e))
 		return SH_ERR;
 	s->repetition_penalty = (float)d;
@@ -198,6 +202,8 @@ static int parse_sampling(const cJSON *body, struct eng_api_req *r, struct eng_a
 			return fail(e, 400, names[k], NULL, "'%s' must be at least 1, got %.0f", names[k], v->valuedouble);
 		mt = v->valuedouble > 1e9 ? 1000000000 : (int64_t)v->valuedouble;
 	}
+	if (mt < 0 && ctx->default_max_tokens > 0)
+		mt = ctx->default_max_tokens;
 	r->max_tokens = (int)mt;
 	i = 1;
 	if (get_int(body, "n", 1, ENG_API_MAX_N, &i, e))
@@ -373,7 +379,7 @@ int eng_api_parse(const struct eng_api_ctx *ctx, const char *body, size_t len, e
 		add_prompt(r, &cap);
 		return build_one(ctx, r->body, SH_PROMPT_ANY, &r->prompts[0], param, e);
 	}
-	if (parse_sampling(r->body, r, e) || parse_bias(r->body, sh_tok_vocab_size(ctx->tok), &r->par.smp, e))
+	if (parse_sampling(ctx, r->body, r, e) || parse_bias(r->body, sh_tok_vocab_size(ctx->tok), &r->par.smp, e))
 		return SH_ERR;
 	if (kind == ENG_API_COMPLETIONS) {
 		if (build_completions(ctx, r, e))
@@ -486,3 +492,51 @@ cJSON *eng_api_jstr(const char *p, size_t n)
 	return r;
 }
 
+int eng_api_generation_config(const char *path, int must_exist, struct eng_sampling *s, int *max_new, char *desc,
+			      size_t dlen, struct sh_err *err)
+{
+	static const struct {
+		const char *key;
+		double lo, hi;
+	} keys[] = {{"temperature", 0, 100}, {"top_p", 1e-9, 1}, {"top_k", -1, 1 << 30}, {"min_p", 0, 1},
+		    {"repetition_penalty", 1e-6, 100}, {"max_new_tokens", 1, 1 << 30}};
+	size_t len, o = 0;
+	char *text = sh_read_file(path, 1u << 20, &len, err);
+
+	eng_sampling_defaults(s);
+	*max_new = 0;
+	if (desc && dlen)
+		desc[0] = 0;
+	if (!text)
+		return must_exist ? SH_ERR : 0;
+	cJSON *root = cJSON_ParseWithLength(text, len);
+	free(text);
+	if (!cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		return sh_errf(err, "%s: not a JSON object", path);
+	}
+	for (size_t k = 0; k < SH_ARRAY_LEN(keys); k++) {
+		const cJSON *v = field(root, keys[k].key);
+		if (!v)
+			continue;
+		if (!cJSON_IsNumber(v) || !(v->valuedouble >= keys[k].lo && v->valuedouble <= keys[k].hi) ||
+		    (k == 2 || k == 5 ? v->valuedouble != floor(v->valuedouble) : 0)) {
+			sh_errf(err, "%s: %s must be a number in [%g, %g]", path, keys[k].key, keys[k].lo, keys[k].hi);
+			cJSON_Delete(root);
+			return SH_ERR;
+		}
+		double x = v->valuedouble;
+		switch (k) {
+		case 0: s->temperature = (float)x; break;
+		case 1: s->top_p = (float)x; break;
+		case 2: s->top_k = (int)x; break;
+		case 3: s->min_p = (float)x; break;
+		case 4: s->repetition_penalty = (float)x; break;
+		default: *max_new = (int)x; break;
+		}
+		if (desc && o < dlen)
+			o += (size_t)snprintf(desc + o, dlen - o, "%s%s %g", o ? ", " : "", keys[k].key, x);
+	}
+	cJSON_Delete(root);
+	return 1;
+}

@@ -30,7 +30,17 @@ struct eng_api_ctx {
 	int max_model_len;
 	int capacity;                    /* tokens the KV pool can hold for one sequence */
 	int block_size;
+	const struct eng_sampling *defaults; /* the model's generation config (vLLM's --generation-config
+					      * auto): a request's defaults; NULL: vLLM's own */
+	int default_max_tokens;          /* its max_new_tokens: max_tokens when a request gives none; 0: none */
 };
+
+/* The sampling defaults of a generation_config.json (the keys vLLM takes from it: temperature,
+ * top_p, top_k, min_p, repetition_penalty, max_new_tokens) into *s (from vLLM's defaults) and
+ * *max_new (0: none); desc gets them in words. Returns 1 when the file was read, 0 when there is
+ * none (when it may be absent), or SH_ERR (err: a bad file or value). */
+int eng_api_generation_config(const char *path, int must_exist, struct eng_sampling *s, int *max_new, char *desc,
+			      size_t dlen, struct sh_err *err);
 
 struct eng_api_err {
 	int status;                      /* 400, 404, 413 */

@@ -320,18 +320,10 @@ int eng_config_load(const char *dir, struct eng_config *cfg, struct sh_err *err)
 {
 	char path[4096];
 	snprintf(path, sizeof(path), "%s/config.json", dir);
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return sh_errf(err, "%s: %s", path, strerror(errno));
-	size_t cap = 1u << 20;
-	char *buf = sh_malloc(cap + 1);
-	size_t n = fread(buf, 1, cap, f);
-	fclose(f);
-	if (n == cap) {
-		free(buf);
-		return sh_errf(err, "%s: larger than 1 MiB", path);
-	}
-	buf[n] = 0;
+	size_t n;
+	char *buf = sh_read_file(path, 1u << 20, &n, err);
+	if (!buf)
+		return SH_ERR;
 	int rc = eng_config_parse(buf, cfg, err);
 	free(buf);
 	return rc;

@@ -25,7 +25,7 @@ int eng_serve_main(int argc, char **argv);
 
 enum {
 	F_HOST = 1, F_PORT, F_NAME, F_DTYPE, F_KVDT, F_MAXLEN, F_GPUMEM, F_KVMEM, F_NBLOCKS, F_SEQS, F_BATCHED,
-	F_BLOCK, F_PC, F_NOPC, F_DEVICE, F_SEED, F_TRC, F_THREADS, F_CHAT, F_MAXBODY, F_SHUTDOWN, F_HELP
+	F_BLOCK, F_PC, F_NOPC, F_DEVICE, F_SEED, F_TRC, F_THREADS, F_CHAT, F_MAXBODY, F_SHUTDOWN, F_GENCONF, F_HELP
 };
 
 struct flag {
@@ -58,6 +58,7 @@ static const struct flag flags[] = {
 	{"chat-template-name", 1, F_CHAT, "detected", "built-in chat renderer: deepseek_v2 | deepseek_v3 | llama3 | chatml | qwen3"},
 	{"max-body-bytes", 1, F_MAXBODY, "32M", "largest request body"},
 	{"shutdown-timeout", 1, F_SHUTDOWN, "30", "SIGTERM/SIGINT: seconds the requests in flight get to finish (new ones are refused; a second signal stops at once)"},
+	{"generation-config", 1, F_GENCONF, "auto", "request defaults (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens): auto (MODEL_DIR/generation_config.json when there is one) | vllm (vLLM's own) | a directory holding a generation_config.json"},
 	{"help", 0, F_HELP, "", "this list"},
 };
 
@@ -154,7 +155,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 int eng_serve_main(int argc, char **argv)
 {
 	struct option opts[SH_ARRAY_LEN(flags) + 1];
-	const char *host = "127.0.0.1", *name = NULL, *dts = "auto", *kvs = "auto", *device = "cpu", *chat_name = NULL;
+	const char *host = "127.0.0.1", *name = NULL, *genconf = "auto", *dts = "auto", *kvs = "auto", *device = "cpu", *chat_name = NULL;
 	int port = 8000, max_len = 0, nblocks = 0, max_seqs = 32, batched = 512, block = 16, pc = 1, threads = 0, seed = 0;
 	double gpu_util = 0.9;
 	size_t kv_mem = (size_t)256 << 20, max_body = (size_t)32 << 20;
@@ -208,6 +209,7 @@ int eng_serve_main(int argc, char **argv)
 			}
 			break;
 		case F_SHUTDOWN: if (parse_int("shutdown-timeout", optarg, 0, 86400, &g_shutdown_s)) return 2; break;
+		case F_GENCONF: genconf = optarg; break;
 		case F_HELP: case 'h': help(stdout); return 0;
 		case ':':
 			fprintf(stderr, "kvgate-engine: %s needs a value\n", argv[optind - 1]);
@@ -341,6 +343,22 @@ int eng_serve_main(int argc, char **argv)
 	sched = eng_sched_new(m, kv, tok, &sc, eng_server_notify, NULL);
 	struct eng_api_ctx ctx = {.tok = tok, .chat = chat, .model = name, .max_model_len = max_len,
 				  .capacity = nblocks * ENG_KV_BLOCK_TOKENS, .block_size = ENG_KV_BLOCK_TOKENS};
+	struct eng_sampling gen_defaults;
+	if (strcmp(genconf, "vllm")) { /* vLLM's --generation-config: auto, vllm or a directory */
+		char gpath[4096], gdesc[256];
+		int auto_ = !strcmp(genconf, "auto");
+		snprintf(gpath, sizeof(gpath), "%s/generation_config.json", auto_ ? dir : genconf);
+		int got = eng_api_generation_config(gpath, !auto_, &gen_defaults, &ctx.default_max_tokens, gdesc,
+						    sizeof(gdesc), &err);
+		if (got < 0) {
+			fprintf(stderr, "kvgate-engine: --generation-config: %s\n", err.msg);
+			goto out;
+		}
+		if (got) {
+			ctx.defaults = &gen_defaults;
+			fprintf(stderr, "kvgate-engine: request defaults from %s: %s\n", gpath, gdesc[0] ? gdesc : "none set");
+		}
+	}
 	g_base = event_base_new();
 	struct eng_server_conf scf = {.host = host, .port = port, .model_name = name, .model_path = dir,
 				      .kv_dtype = eng_kv_fmt_name(kv->fmt), .gpu_mem_util = gpu_util, .max_body = max_body,

@@ -1,6 +1,7 @@
 /* sh.c: status helpers, checked allocation, clocks (see sh.h). */
 #include "sh.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,4 +94,36 @@ void sh_bug(const char *what, const char *file, int line)
 {
 	fprintf(stderr, "BUG at %s:%d: %s\n", file, line, what);
 	abort();
+}
+
+char *sh_read_file(const char *path, size_t cap, size_t *len, struct sh_err *err)
+{
+	FILE *f = fopen(path, "rb");
+	struct sh_buf b = {0};
+	char tmp[65536];
+	size_t n;
+
+	if (!f) {
+		sh_errf(err, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	while ((n = fread(tmp, 1, sizeof(tmp), f)) > 0) {
+		if (b.n + n > cap) {
+			sh_errf(err, "%s: larger than %zu bytes", path, cap);
+			fclose(f);
+			free(b.p);
+			return NULL;
+		}
+		sh_buf_add(&b, tmp, n);
+	}
+	if (ferror(f)) {
+		sh_errf(err, "%s: read error", path);
+		fclose(f);
+		free(b.p);
+		return NULL;
+	}
+	fclose(f);
+	sh_buf_add(&b, "", 1); /* a NUL after the bytes, not counted */
+	*len = b.n - 1;
+	return b.p;
 }

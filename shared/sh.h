@@ -41,6 +41,10 @@ struct sh_buf {
 void sh_buf_reserve(struct sh_buf *b, size_t extra);
 void sh_buf_add(struct sh_buf *b, const void *p, size_t n);
 
+/* The whole file at path (malloc'd, a NUL after its *len bytes); NULL with err when it cannot be
+ * read or is over cap bytes. */
+char *sh_read_file(const char *path, size_t cap, size_t *len, struct sh_err *err);
+
 /* Monotonic clock in microseconds, and wall clock in seconds (for `created` fields and logs). */
 int64_t sh_now_us(void);
 int64_t sh_wall_s(void);

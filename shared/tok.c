@@ -1172,39 +1172,6 @@ fail:
 	return NULL;
 }
 
-static char *read_file(const char *path, size_t cap, size_t *len, struct sh_err *err)
-{
-	FILE *f = fopen(path, "rb");
-	struct sh_buf b = {0};
-	char tmp[65536];
-	size_t n;
-
-	if (!f) {
-		sh_errf(err, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	while ((n = fread(tmp, 1, sizeof(tmp), f)) > 0) {
-		if (b.n + n > cap) {
-			sh_errf(err, "%s: larger than %zu bytes", path, cap);
-			fclose(f);
-			free(b.p);
-			return NULL;
-		}
-		sh_buf_add(&b, tmp, n);
-	}
-	if (ferror(f)) {
-		sh_errf(err, "%s: read error", path);
-		fclose(f);
-		free(b.p);
-		return NULL;
-	}
-	fclose(f);
-	if (!b.p)
-		b.p = sh_calloc(1, 1);
-	*len = b.n;
-	return b.p;
-}
-
 struct sh_tok *sh_tok_new(const char *dir, struct sh_err *err)
 {
 	char path[4096];
@@ -1214,12 +1181,12 @@ struct sh_tok *sh_tok_new(const char *dir, struct sh_err *err)
 	FILE *f;
 
 	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	if (!(tj = read_file(path, SH_TOK_MAX_FILE, &tl, err)))
+	if (!(tj = sh_read_file(path, SH_TOK_MAX_FILE, &tl, err)))
 		return NULL;
 	snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
 	if ((f = fopen(path, "rb"))) {
 		fclose(f);
-		if (!(cj = read_file(path, SH_TOK_MAX_FILE, &cl, err))) {
+		if (!(cj = sh_read_file(path, SH_TOK_MAX_FILE, &cl, err))) {
 			free(tj);
 			return NULL;
 		}

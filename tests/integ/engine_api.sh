@@ -198,6 +198,26 @@ STEP_MS=20 kv_start_engine P3
 kv_post "$P3" /v1/completions '{"prompt":"a","max_tokens":1}' "$T/id3" >/dev/null
 kv_eq "two engines' first ids differ" true "$(node -e 'const f=require("fs");const a=JSON.parse(f.readFileSync(process.argv[1])).id,b=JSON.parse(f.readFileSync(process.argv[2])).id;process.stdout.write(String(a!==b&&/^cmpl-/.test(a)))' "$T/id2" "$T/id3")"
 
+# ---- generation_config.json: the model's request defaults (vLLM's --generation-config auto) ----
+mkdir -p "$T/gc"
+for f in "$KV_ROOT/$KV_ENGINE_MODEL"/*; do ln -sf "$f" "$T/gc/"; done
+printf '{"temperature": 0, "max_new_tokens": 5, "do_sample": false}\n' >"$T/gc/generation_config.json"
+KV_ENGINE_MODEL_SAVED=$KV_ENGINE_MODEL
+KV_ENGINE_MODEL=$T/gc
+kv_start_engine P4
+kv_post "$P4" /v1/completions '{"prompt":"hello world, this is","ignore_eos":true}' "$T/g1" >/dev/null
+kv_post "$P4" /v1/completions '{"prompt":"hello world, this is","ignore_eos":true}' "$T/g2" >/dev/null
+kv_eq "generation_config: greedy by default, max_new_tokens as max_tokens" "5 true" \
+	"$(kv_jval "$T/g1" 'j.usage.completion_tokens') $(node -e 'const f=require("fs"),t=x=>JSON.parse(f.readFileSync(x)).choices[0].text;process.stdout.write(String(t(process.argv[1])===t(process.argv[2])))' "$T/g1" "$T/g2")"
+kv_post "$P4" /v1/completions '{"prompt":"hello world, this is","ignore_eos":true,"max_tokens":7}' "$T/g3" >/dev/null
+kv_eq "  a request's own max_tokens wins" 7 "$(kv_jval "$T/g3" 'j.usage.completion_tokens')"
+kv_file_has "  the start says so" "request defaults from .*generation_config.json: temperature 0, max_new_tokens 5" "$KV_TMP/engine-$P4.log"
+printf '{"temperature": -1}\n' >"$T/gc/generation_config.json"
+"$KV_ENGINE" serve "$T/gc" --port 1 >"$T/gcbad" 2>&1
+kv_eq "a bad generation_config.json stops the start" 1 $?
+kv_file_has "  naming the key" "temperature must be a number" "$T/gcbad"
+KV_ENGINE_MODEL=$KV_ENGINE_MODEL_SAVED
+
 # a stream the client drops counts as an abort (slow steps: it is still running when dropped)
 ab() { curl -s "http://127.0.0.1:$P3/metrics" | sed -n 's/^vllm:request_success_total{finished_reason="abort",model_name="tiny"} \([0-9]*\).*/\1/p'; }
 ab0=$(ab)
