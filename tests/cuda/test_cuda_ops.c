@@ -40,6 +40,21 @@ static float *rand_f32(size_t n, float scale)
 	return p;
 }
 
+/* Copies through gpu's stream, the device idle before and after: the ops run on three backends'
+ * streams (gpu, gpuf, gpud), which do not wait for each other (run 27 read poison in 72 checks
+ * that all passed with CUDA_LAUNCH_BLOCKING=1). */
+static void d2h(void *dst, const void *src, size_t n)
+{
+	cudaDeviceSynchronize();
+	gpu->to_host(gpu, dst, src, n);
+}
+
+static void h2d(void *dst, const void *src, size_t n)
+{
+	gpu->to_dev(gpu, dst, src, n);
+	cudaDeviceSynchronize();
+}
+
 /* host (cpu) and device (gpu) copies of the same bytes */
 struct twin {
 	void *h, *d;
@@ -55,7 +70,7 @@ static struct twin twin_new(const void *src, size_t bytes)
 	}
 	if (src) {
 		memcpy(t.h, src, bytes);
-		gpu->to_dev(gpu, t.d, src, bytes);
+		h2d(t.d, src, bytes);
 	}
 	return t;
 }
@@ -103,7 +118,7 @@ static void *to_dtype(const float *f, size_t n, enum eng_dtype dt)
 static double nmse_of(const float *ref, const float *dev_ptr, size_t n)
 {
 	float *got = malloc(n * sizeof(float));
-	gpu->to_host(gpu, got, dev_ptr, n * sizeof(float));
+	d2h(got, dev_ptr, n * sizeof(float));
 	double se = 0, sr = 0;
 	int nan = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -433,7 +448,7 @@ static void check_small(void)
 			cpu->copy2d(cpu, (uint8_t *)G.h + 4001, 33, (uint8_t *)U.h + 7, 29, 21, 70);
 			gpu->copy2d(gpu, (uint8_t *)G.d + 4001, 33, (uint8_t *)U.d + 7, 29, 21, 70);
 			memcpy(a, G.h, nb);
-			gpu->to_host(gpu, b, G.d, nb);
+			d2h(b, G.d, nb);
 			int diff = 0; /* the copied rows (the rest of G carries silu_mul's rounding differences) */
 			for (int r = 0; r < 70; r++)
 				diff |= memcmp(a + 4001 + r * 33, b + 4001 + r * 33, 21);
@@ -512,6 +527,7 @@ static void kv_fill(struct kvpair *k, const int *ctx, float amp)
 		}
 	twin_free(&R);
 	free(rows), free(pos), free(si), free(sh), free(sd);
+	cudaDeviceSynchronize(); /* written on gpu's stream; read on gpuf's too */
 }
 
 /* the pools byte for byte (the codecs must agree) */
@@ -519,7 +535,7 @@ static void check_pool_bytes(struct kvpair *k, const char *what)
 {
 	size_t bytes = k->h->layer_block_bytes * (size_t)k->h->shape.n_layers * k->h->n_blocks;
 	uint8_t *g = malloc(bytes);
-	gpu->to_host(gpu, g, k->d->pool, bytes);
+	d2h(g, k->d->pool, bytes);
 	size_t diff = 0;
 	for (size_t i = 0; i < bytes; i++)
 		diff += g[i] != k->h->pool[i];
@@ -897,8 +913,8 @@ static void check_mla_prep(enum eng_kv_fmt fmt, int n, const int32_t *pos, int n
 	/* bf16 with whole 32-column chunks: tensor cores (activations rounded); otherwise fp32 */
 	double bound = dt == ENG_DT_BF16 && dn % 32 == 0 ? 3e-5 : 1e-10;
 	for (int run = 0; run < (steps ? 4 : 1); run++) {
-		gpu->to_dev(gpu, Q.d, qf, nq * 4);
-		gpu->to_dev(gpu, KV.d, kvf, nkv * 4);
+		h2d(Q.d, qf, nq * 4);
+		h2d(KV.d, kvf, nkv * 4);
 		poison(&QL), poison(&QP);
 		step_run(run, &bd, &k, prep_go, &a);
 		snprintf(s2, sizeof(s2), "%.70s%s", shape_s, step_what[run]);
@@ -911,7 +927,7 @@ static void check_mla_prep(enum eng_kv_fmt fmt, int n, const int32_t *pos, int n
 	if (steps)
 		gpuf->step_forget(gpuf, &k);
 	float *rows = malloc(nkv * 4);
-	gpu->to_host(gpu, rows, KV.d, nkv * 4);
+	d2h(rows, KV.d, nkv * 4);
 	cpu->kv_write(cpu, k.h, 1, &bh, rows, R + dr);
 	snprintf(s2, sizeof(s2), "%s mla_prep rows, %d seqs", eng_kv_fmt_name(fmt), n);
 	check_pool_bytes(&k, s2);
@@ -1038,7 +1054,7 @@ static void check_route(int E, int K, int group)
 	poison(&I), poison(&Wt);
 	gpu->moe_route(gpu, Lg.d, n, &r, I.d, Wt.d);
 	int32_t got[64 * 8];
-	gpu->to_host(gpu, got, I.d, (size_t)n * K * 4);
+	d2h(got, I.d, (size_t)n * K * 4);
 	int same = !memcmp(got, I.h, (size_t)n * K * 4);
 	char w[64];
 	snprintf(w, sizeof(w), "E=%d K=%d %s n=5", E, K, group ? "group-limited 4/2" : "greedy");
@@ -1130,7 +1146,7 @@ static void check_router(int E, int K, int n, int group, enum eng_dtype dt)
 	struct eng_prenorm pn = {X.d, T.d, NW.d, 1e-6f, XN.d};
 	gpuf->moe_router(gpuf, &pn, n, &wdv, &r, Lg.d, I.d, Wt.d);
 	int32_t *got = malloc((size_t)n * K * 4);
-	gpu->to_host(gpu, got, I.d, (size_t)n * K * 4);
+	d2h(got, I.d, (size_t)n * K * 4);
 	int same = !memcmp(got, I.h, (size_t)n * K * 4);
 	char w[80];
 	snprintf(w, sizeof(w), "%s E=%d K=%d n=%d %s", eng_dtype_name(dt), E, K, n, group ? "group-limited" : "greedy");
@@ -1203,7 +1219,7 @@ static void check_moe(int n, int timed, int skew, int shared, int fused)
 	struct twin W = twin_new(NULL, per * 3 * E * 2);
 	for (int r = 0; r < 16; r++) {
 		memcpy((uint8_t *)W.h + r * per * 3 * E / 16 * 2, wd, per * 3 * E / 16 * 2);
-		gpu->to_dev(gpu, (uint8_t *)W.d + r * per * 3 * E / 16 * 2, wd, per * 3 * E / 16 * 2);
+		h2d((uint8_t *)W.d + r * per * 3 * E / 16 * 2, wd, per * 3 * E / 16 * 2);
 	}
 	struct eng_w *gh = calloc(E, sizeof(struct eng_w)), *uh = calloc(E, sizeof(struct eng_w)), *dh = calloc(E, sizeof(struct eng_w));
 	struct eng_w *gd = calloc(E, sizeof(struct eng_w)), *ud = calloc(E, sizeof(struct eng_w)), *dd = calloc(E, sizeof(struct eng_w));
@@ -1268,7 +1284,7 @@ static void check_moe(int n, int timed, int skew, int shared, int fused)
 	/* fast mode rounds activations to bf16 at every expert matmul (tensor cores, decode and prefill) */
 	report("moe_ffn", w, e, 3e-5, us, (double)nt * per * 3 * 2);
 	if (timed && n <= 32 && eng_cuda_set_tile_prefetch(be, 1)) { /* the same with each tile into L2 at once */
-		gpu->to_dev(gpu, O.d, of, (size_t)n * dim * 4);
+		h2d(O.d, of, (size_t)n * dim * 4);
 		moe_go(&r);
 		e = nmse_of(O.h, O.d, (size_t)nc * dim);
 		us = time_us(moe_go, &r, 20);
