@@ -33,7 +33,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct eng_api_ctx ctx = { tok, chat, "kvgate-tiny-coder", 2048, 2048, 16 };
+	struct eng_api_ctx ctx = { .tok = tok, .chat = chat, .model = "kvgate-tiny-coder", .max_model_len = 2048,
+				    .capacity = 2048, .block_size = 16 };
 	cJSON *body = cJSON_ParseWithLength((const char *)data, size);
 	struct sh_prompt pr;
 	struct sh_err err;
