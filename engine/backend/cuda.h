@@ -29,10 +29,6 @@ struct eng_backend *eng_cuda_new(int device, struct sh_err *err);
  * and attention through the fp32 kernels (no bf16 tensor-core MLA): the CPU's numbers up to fp32
  * summation order. For tests and debugging; default 0 (fast). */
 void eng_cuda_set_exact(struct eng_backend *be, int exact);
-/* on = 1: the MoE decode's GEMV blocks bring their whole weight tile into L2 as soon as their
- * expert is known (KVGATE_CUDA_TILEPF=1 at start; sm_90+, else it stays off); returns the setting
- * now. For A/B runs; default off until measured. */
-int eng_cuda_set_tile_prefetch(struct eng_backend *be, int on);
 
 /* Recorded decode steps (CUDA graphs, backend.h step_begin): on by default; off with on = 0 or
  * KVGATE_CUDA_GRAPHS=0 in the environment (every step then runs its ops one by one). */

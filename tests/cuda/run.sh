@@ -38,8 +38,7 @@ for w in $what; do
 	ab) : >"$LOG/ab.log"
 		F=KVGATE_CUDA_FUSE=1
 		P=KVGATE_CUDA_L2PF
-		T=KVGATE_CUDA_TILEPF=1
-		echo "${AB_SETTINGS:-;$P=32;$T;$T,$P=32;$F;$F,$P=32;$F,$T,$P=32;$F,KVGATE_CUDA_DOWN1=0;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1;$F,KVGATE_CUDA_MLA_NS=8;$F,KVGATE_CUDA_MLA_UV=0}" |
+		echo "${AB_SETTINGS:-;$P=32;$F;$F,$P=32;$F,KVGATE_CUDA_DOWN1=0;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1;$F,KVGATE_CUDA_PN=1,KVGATE_CUDA_MOE_FN=1,$P=32;$F,KVGATE_CUDA_MLA_NS=8;$F,KVGATE_CUDA_MLA_UV=0}" |
 			tr ';' '\n' | while read -r v; do
 			echo "== ${v:-defaults}" | tee -a "$LOG/ab.log"
 			env $(echo "$v" | tr ',' ' ') "$D/bench_cuda_decode" --quick >"$LOG/ab-one.log" 2>&1 || echo "exit $?" >>"$LOG/ab-one.log"

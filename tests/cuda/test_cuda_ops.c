@@ -1283,16 +1283,6 @@ static void check_moe(int n, int timed, int skew, int shared, int fused)
 			 shared ? ", + shared" : "", fused && !shared ? ", fused" : "", fused == 2 ? ", per-expert down" : "");
 	/* fast mode rounds activations to bf16 at every expert matmul (tensor cores, decode and prefill) */
 	report("moe_ffn", w, e, 3e-5, us, (double)nt * per * 3 * 2);
-	if (timed && n <= 32 && eng_cuda_set_tile_prefetch(be, 1)) { /* the same with each tile into L2 at once */
-		h2d(O.d, of, (size_t)n * dim * 4);
-		moe_go(&r);
-		e = nmse_of(O.h, O.d, (size_t)nc * dim);
-		us = time_us(moe_go, &r, 20);
-		eng_cuda_set_tile_prefetch(be, 0);
-		char w2[96];
-		snprintf(w2, sizeof(w2), "%.64s tile pf", w);
-		report("moe_ffn", w2, e, 3e-5, us, (double)nt * per * 3 * 2);
-	}
 	cpu->release(cpu, scr);
 	if (shared)
 		moe_shared_free(&sh);

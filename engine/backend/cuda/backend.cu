@@ -421,8 +421,6 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	long pfm = pf ? strtol(pf, NULL, 10) : 0;
 	if (c->prop.major >= 9 && pfm > 0)
 		c->l2pf = SH_MIN((size_t)SH_MIN(pfm, 4096L) << 20, (size_t)c->prop.l2CacheSize);
-	const char *tp = getenv("KVGATE_CUDA_TILEPF");
-	c->tilepf = c->prop.major >= 9 && tp && *tp == '1';
 	const char *gr = getenv("KVGATE_CUDA_GRAPHS");
 	c->step.disabled = gr && *gr == '0';
 
@@ -477,13 +475,6 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 extern "C" void eng_cuda_set_exact(struct eng_backend *be, int exact)
 {
 	CU(be)->exact = exact;
-}
-
-extern "C" int eng_cuda_set_tile_prefetch(struct eng_backend *be, int on)
-{
-	struct cu *c = CU(be);
-	c->tilepf = on && c->prop.major >= 9;
-	return c->tilepf;
 }
 
 static size_t meminfo_kb(const char *key)

@@ -110,8 +110,6 @@ struct cu {
 	int down1;              /* with fuse, one token's MoE down as one GEMV over all its experts
 				 * (moe_down1_kernel; KVGATE_CUDA_DOWN1=0: the per-expert blocks) */
 	size_t l2pf;            /* the prefetch hint's budget in bytes (KVGATE_CUDA_L2PF, MB; 0: no hint) */
-	int tilepf;             /* MoE GEMV blocks bring their whole tile into L2 once their expert is known
-				 * (KVGATE_CUDA_TILEPF=1, sm_90+; gemv_tile_prefetch) */
 	struct cu_upload up[CU_UP_N];
 	void *scratch[CU_SCR_N]; /* workspaces, grown on demand (see cu_scratch) */
 	size_t scratch_bytes[CU_SCR_N];

@@ -35,22 +35,6 @@ __device__ __forceinline__ void gemv_prefetch(const T *w, size_t ld, int row0, i
 	}
 }
 
-/* The 16-row tile at row0 of w (rows past `rows` left out; 16-bit weights, rows of cols values
- * 16-byte aligned, cols % 8 == 0) into L2 at once, by one thread: for blocks whose weights are known
- * only after their wait (a routed expert's), whose warps alone keep a few KB each in flight. */
-__device__ __forceinline__ void gemv_tile_prefetch(const uint16_t *w, size_t ld, int row0, int rows, int cols)
-{
-	int nr = min(16, rows - row0);
-	if (threadIdx.x || nr <= 0)
-		return;
-	if (ld == (size_t)cols) {
-		cu_bulk_prefetch_l2(w + (size_t)row0 * ld, (unsigned)(nr * cols * 2));
-		return;
-	}
-	for (int r = 0; r < nr; r++)
-		cu_bulk_prefetch_l2(w + (size_t)(row0 + r) * ld, (unsigned)(cols * 2));
-}
-
 /* acc[r][t] (every lane, reduced) = W[row0 + r] . xs[t] for t < nt; rows past `rows` read the
  * last row (their results are the caller's to drop). */
 template <typename T, int VEC, int RPW, int NT>

@@ -155,7 +155,7 @@ moe_gemv_kernel(const void *const *tab, int E, int rows, int cols, size_t ld, co
  * bf16. */
 __global__ void __launch_bounds__(MMA_WARPS * 32)
 moe_mma_kernel(const void *const *tab, int E, int rows, int cols, size_t ld, const float *xsrc, int ldx, int gather,
-	       int K, moe_lists L, float *y0, float *y1, int ldy, int tpf)
+	       int K, moe_lists L, float *y0, float *y1, int ldy)
 {
 	cu_pdl_wait();
 	__shared__ float red[MMA_WARPS][32][4];
@@ -165,8 +165,6 @@ moe_mma_kernel(const void *const *tab, int E, int rows, int cols, size_t ld, con
 	int e = L.act[z], m = blockIdx.y, row0 = blockIdx.x * 16;
 	int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
 	const uint16_t *w = (const uint16_t *)tab[m * E + e];
-	if (tpf)
-		gemv_tile_prefetch(w, ld, row0, rows, cols);
 	float *y = m ? y1 : y0;
 	int beg = L.off[e], cnt = L.off[e + 1] - beg;
 	for (int c0 = 0; c0 < cnt; c0 += 8) {
@@ -230,7 +228,7 @@ __device__ __forceinline__ int moe_tok(const moe_src &s, int K, int r)
  * only, for moe_down1_kernel): the routed slots' rows times their routing weight. */
 __global__ void __launch_bounds__(MMA_WARPS * 32)
 moe_gu_mma_kernel(const void *const *tab, int E, int inter, int dim, size_t ld, const float *x, int K, moe_src s,
-		  int zs, int n, moe_sh sh, float *h, const float *wt, int tpf)
+		  int zs, int n, moe_sh sh, float *h, const float *wt)
 {
 	__shared__ float red[MMA_WARPS][32][8];
 	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
@@ -253,10 +251,6 @@ moe_gu_mma_kernel(const void *const *tab, int E, int inter, int dim, size_t ld, 
 			return;
 		w[0] = (const uint16_t *)tab[e], w[1] = (const uint16_t *)tab[E + e];
 		rows = inter, ldw = ld, out = h;
-		if (tpf) {
-			gemv_tile_prefetch(w[0], ld, row0, inter, dim);
-			gemv_tile_prefetch(w[1], ld, row0, inter, dim);
-		}
 	}
 	for (int c0 = 0; c0 < cnt; c0 += 8) {
 		int nt = min(8, cnt - c0), r = beg + c0 + min(g, nt - 1);
@@ -794,7 +788,7 @@ static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, cons
 		if (!ms.direct)
 			cu_launch(c, moe_lists_kernel, 1, 256, 0, idx, nK, E, L);
 		cu_launch(c, moe_gu_mma_kernel, dim3(ti, zs + cu_div_up(cu_div_up(Is, 16), ti)), MMA_WARPS * 32, 0, tab, E,
-			  inter, dim, ld_gu, x, K, ms, zs, n, sh, g, down1 ? wt : (const float *)NULL, c->tilepf);
+			  inter, dim, ld_gu, x, K, ms, zs, n, sh, g, down1 ? wt : (const float *)NULL);
 		if (down1) {
 			cu_launch(c, moe_down1_kernel, cu_div_up(dim, 16), MOE_D1_WARPS * 32, 0, tab + 2 * E, dim, inter, ld_d,
 				  (const float *)g, K, idx, sh, out);
@@ -815,7 +809,7 @@ static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, cons
 		int zs = SH_MIN(E, nK);
 		if (mma) {
 			cu_launch(c, moe_mma_kernel, dim3(cu_div_up(inter, 16), 2, zs), MMA_WARPS * 32, 0, tab, E, inter, dim,
-				  ld_gu, x, dim, 1, K, L, g, u, inter, c->tilepf);
+				  ld_gu, x, dim, 1, K, L, g, u, inter);
 		} else {
 			dim3 g1(cu_div_up(inter, MOE_WARPS * MOE_RPW), 2, zs);
 			moe_gemv_any(c, gate[0].dt, aligned, g1, tab, E, inter, dim, ld_gu, x, dim, 1, K, L, g, u, inter);
@@ -824,7 +818,7 @@ static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, cons
 			  (size_t)nK * inter);
 		if (mma) {
 			cu_launch(c, moe_mma_kernel, dim3(cu_div_up(dim, 16), 1, zs), MMA_WARPS * 32, 0, tab + 2 * E, E, dim,
-				  inter, ld_d, (const float *)g, inter, 0, K, L, y, y, dim, c->tilepf);
+				  inter, ld_d, (const float *)g, inter, 0, K, L, y, y, dim);
 		} else {
 			dim3 g2(cu_div_up(dim, MOE_WARPS * MOE_RPW), 1, zs);
 			moe_gemv_any(c, gate[0].dt, aligned && inter % 4 == 0, g2, tab + 2 * E, E, dim, inter, ld_d, g, inter,
