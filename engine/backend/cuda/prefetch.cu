@@ -4,6 +4,8 @@
  * block asks the copy engine to bring the output projection and the MLP's first matrices into L2
  * meanwhile (cp.async.bulk.prefetch, sm_90+), up to a byte budget (KVGATE_CUDA_L2PF, MB); the GEMVs
  * that follow then read them from L2. A hint: nothing depends on it but time. */
+#include <stdlib.h>
+
 #include "engine/backend/cuda/cu.h"
 
 #define PF_MAX 8             /* ranges a launch */
@@ -17,14 +19,20 @@ struct pf_list {
 };
 
 /* Issues the prefetches before its wait (they read weights only, cu.h's rule), then waits like
- * every kernel, so that what follows it orders as before. */
+ * every kernel, so that what follows it orders as before. The chunks are spread over the grid's
+ * blocks, one lane a chunk: each SM's copy engine takes its share (run 27: one warp of one block
+ * issuing 31.7 MB held the chain 120 us; one SM's engine moves a few hundred GB/s). */
 __global__ void l2_prefetch_kernel(pf_list l)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	unsigned me = blockIdx.x * blockDim.x + threadIdx.x, all = gridDim.x * blockDim.x, base = 0;
 #pragma unroll /* constant indices: the list stays in the parameter space */
-	for (int i = 0; i < PF_MAX; i++)
-		for (unsigned o = threadIdx.x * PF_CHUNK; o < l.bytes[i]; o += blockDim.x * PF_CHUNK) /* 0 past n */
-			cu_bulk_prefetch_l2(l.p[i] + o, min(PF_CHUNK, l.bytes[i] - o));
+	for (int i = 0; i < PF_MAX; i++) {
+		unsigned nch = (l.bytes[i] + PF_CHUNK - 1) / PF_CHUNK; /* 0 past n */
+		for (unsigned c = (me + all - base % all) % all; c < nch; c += all)
+			cu_bulk_prefetch_l2(l.p[i] + (size_t)c * PF_CHUNK, min(PF_CHUNK, l.bytes[i] - c * PF_CHUNK));
+		base += nch;
+	}
 #endif
 	cu_pdl_wait();
 }
@@ -51,5 +59,13 @@ void cu_prefetch(struct eng_backend *be, const struct eng_w *const *w, int nw, i
 	}
 	if (!l.n)
 		return;
-	cu_launch(c, l2_prefetch_kernel, 1, 32, 0, l);
+	/* PF_SPREAD chunks a block (32 lanes): with KVGATE_CUDA_L2PF_ONE=1, one block as in run 27 */
+	size_t chunks = (c->l2pf - left + PF_CHUNK - 1) / PF_CHUNK;
+	static int one = -1;
+	if (one < 0) {
+		const char *e = getenv("KVGATE_CUDA_L2PF_ONE");
+		one = e && *e == '1';
+	}
+	int blocks = one ? 1 : (int)SH_MIN((chunks + 31) / 32, (size_t)c->prop.multiProcessorCount);
+	cu_launch(c, l2_prefetch_kernel, SH_MAX(blocks, 1), 32, 0, l);
 }
