@@ -7,9 +7,9 @@
 #   sh tests/cuda/run.sh [ops|golden|bench|sanitize|optime|goldenfuse|benchfuse|timeline ...]
 #   (default: ops golden goldenfuse bench benchfuse sanitize)
 # optime: where a prefill's and a decode step's time goes, op by op (bench_cuda_decode --optime).
-# goldenfuse, benchfuse: the golden models and the quick bench with KVGATE_CUDA_FUSE=1 (the fused
-# decode ops, off by default until measured faster; compare with bench's rows of the same call);
-# goldenfuse also with the L2 prefetch hint (KVGATE_CUDA_L2PF=32), which must change no result.
+# goldenfuse: the golden models with the fused decode ops at every size they take (the default
+# fuses the norm and the MoE at one token only) and the L2 prefetch hint, which must change no
+# result; benchfuse: the quick bench with KVGATE_CUDA_FUSE=0 (version 3), against bench's rows.
 # ab: the quick bench's bf16 rows under each setting of the fused path (AB_SETTINGS: a list of
 # space-free env assignments joined by ",", ";" between settings), for the defaults.
 # timeline: decode steps at batch 1 and 8 as they run (graphs, PDL), kernel by kernel through CUPTI,
@@ -31,9 +31,9 @@ for w in $what; do
 	golden) "$D/test_cuda_golden" >"$LOG/golden.log" 2>&1; s=$?; cat "$LOG/golden.log" ;;
 	bench) "$D/bench_cuda_decode" >"$LOG/bench.log" 2>&1; s=$?; cat "$LOG/bench.log" ;;
 	optime) "$D/bench_cuda_decode" --optime >"$LOG/optime.log" 2>&1; s=$?; cat "$LOG/optime.log" ;;
-	goldenfuse) KVGATE_CUDA_FUSE=1 KVGATE_CUDA_L2PF=32 "$D/test_cuda_golden" >"$LOG/golden-fuse.log" 2>&1; s=$?
+	goldenfuse) KVGATE_CUDA_FUSE=1 KVGATE_CUDA_PN=8 KVGATE_CUDA_MOE_FN=32 KVGATE_CUDA_L2PF=32 "$D/test_cuda_golden" >"$LOG/golden-fuse.log" 2>&1; s=$?
 		tail -3 "$LOG/golden-fuse.log" ;;
-	benchfuse) KVGATE_CUDA_FUSE=1 "$D/bench_cuda_decode" --quick >"$LOG/bench-fuse.log" 2>&1; s=$?
+	benchfuse) KVGATE_CUDA_FUSE=0 "$D/bench_cuda_decode" --quick >"$LOG/bench-fuse.log" 2>&1; s=$?
 		cat "$LOG/bench-fuse.log" ;;
 	ab) : >"$LOG/ab.log"
 		F=KVGATE_CUDA_FUSE=1

@@ -1296,6 +1296,11 @@ int main(int argc, char **argv)
 	int quick = argc > 1 && !strcmp(argv[1], "--quick");
 	struct sh_err err;
 	cpu = eng_cpu_new(0);
+	/* gpu: version 3's ops (the fused ones off); gpuf, gpud: the fused ones at every size they take
+	 * (the defaults fuse the norm and the MoE at one token only: the checks at 2..32 tokens too) */
+	setenv("KVGATE_CUDA_FUSE", "0", 1);
+	setenv("KVGATE_CUDA_PN", "8", 1);
+	setenv("KVGATE_CUDA_MOE_FN", "32", 1);
 	gpu = eng_cuda_new(0, &err);
 	if (!gpu) {
 		fprintf(stderr, "no CUDA device: %s\n", err.msg);

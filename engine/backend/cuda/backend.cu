@@ -413,7 +413,7 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	c->pdl = c->prop.major >= 9 && !(pd && *pd == '0') && cudaFuncGetAttributes(&fa, pdl_probe_kernel) == cudaSuccess &&
 		 fa.ptxVersion >= 90;
 	const char *fu = getenv("KVGATE_CUDA_FUSE");
-	c->fuse = fu && *fu == '1';
+	c->fuse = !(fu && *fu == '0'); /* on since run 29 (at one token: KVGATE_CUDA_PN, _MOE_FN) */
 	const char *d1 = getenv("KVGATE_CUDA_DOWN1");
 	c->down1 = !(d1 && *d1 == '0');
 	/* The prefetch hint (prefetch.cu): the bulk L2 prefetch is sm_90+; off until measured */
@@ -450,11 +450,11 @@ extern "C" struct eng_backend *eng_cuda_new(int device, struct sh_err *err)
 	be->matmul_heads = cu_matmul_heads;
 	be->matmul2 = cu_matmul2;
 	be->add_rmsnorm = cu_add_rmsnorm;
-	/* Version 4's fused decode ops (a layer's ~23 launches at batch 1 down to 8), off until they
-	 * are measured faster: run 25 had them slower (batch 1 3.20 vs 3.01 ms, batch 8 9.72 vs 6.82)
-	 * before the fix of their norm prologue's serial loads; that fix, the one-GEMV MoE down at one
-	 * token and attn_mla_uv have not run on a GPU yet (bench/NOTES-cuda.md, version 4 and the
-	 * fifth session). test_cuda_ops checks them against the CPU. */
+	/* Version 4's fused decode ops (a layer's ~23 launches at batch 1 down to 8), on by default
+	 * since run 29 with the norm and the MoE fused at one token only (KVGATE_CUDA_PN,
+	 * KVGATE_CUDA_MOE_FN): faster than version 3 at batch 1, 8 and 32 in that run's quick bench;
+	 * KVGATE_CUDA_FUSE=0 gives version 3 (bench/NOTES-cuda.md, sixth session). test_cuda_ops
+	 * checks them against the CPU. */
 	if (c->fuse) {
 		be->glu = cu_glu;
 		be->moe_router = cu_moe_router;

@@ -236,13 +236,15 @@ void cu_matmul2(struct eng_backend *be, const float *x, int ldx, int n, const st
 /* ---- norm_matmul2: the residual add and the norm in the GEMV's blocks (gemv_mma_kernel<true>) ---- */
 
 /* Whether a prenorm GEMV takes nt tokens of width cols (its bf16 copy fits in a block's 48 KB). */
-static int pn_maxt = -1; /* KVGATE_CUDA_PN=k: fuse the norm up to k tokens (0: never; default 8) */
+/* KVGATE_CUDA_PN=k: fuse the norm up to k tokens (0: never; default 1: run 29 had the fused norm
+ * slower at 8 tokens, faster at 1) */
+static int pn_maxt = -1;
 
 int cu_pn_ok(struct cu *c, const struct eng_w *w, const struct eng_prenorm *pn, int nt)
 {
 	if (pn_maxt < 0) {
 		const char *e = getenv("KVGATE_CUDA_PN");
-		pn_maxt = e && *e ? SH_MIN(atoi(e), PN_MAXT) : PN_MAXT;
+		pn_maxt = e && *e ? SH_MIN(atoi(e), PN_MAXT) : 1;
 	}
 	uintptr_t al = (uintptr_t)pn->x | (uintptr_t)pn->xn | (uintptr_t)pn->w | (uintptr_t)(pn->t ? pn->t : pn->x);
 	return nt >= 1 && nt <= pn_maxt && w->cols % 32 == 0 && w->cols <= 4 * PN_V * MMA_WARPS * 32 &&

@@ -722,7 +722,8 @@ static void moe_prefill_pad(struct cu *c, const float *x, int dim, int inter, in
 }
 
 static int moe_pad_on = -1; /* KVGATE_CUDA_MOE_PAD=0: never the padded path */
-static int moe_fuse_n = -1; /* KVGATE_CUDA_MOE_FN=k: the two-launch MoE (with fuse) up to k tokens */
+static int moe_fuse_n = -1; /* KVGATE_CUDA_MOE_FN=k: the two-launch MoE (with fuse) up to k tokens;
+			     * default 1 (run 29: faster at 1 token, slower at 8) */
 
 /* moe_ffn, and with shw (the shared experts' gate, up, down) moe_ffn_shared: g, u (n, shw rows)
  * are its scratch where the shared experts go apart (glu, then down into out) */
@@ -772,7 +773,7 @@ static void moe_ffn(struct eng_backend *be, const float *x, int n, int dim, cons
 		      shw[2].cols == Is && Is % 32 == 0 && experts_aligned(shw, shw + 1, shw + 2, 1, 8);
 	if (moe_fuse_n < 0) {
 		const char *ev = getenv("KVGATE_CUDA_MOE_FN");
-		moe_fuse_n = ev && *ev ? atoi(ev) : MOE_SMALL_N;
+		moe_fuse_n = ev && *ev ? atoi(ev) : 1;
 	}
 	if (mma && c->fuse && n <= moe_fuse_n) {
 		moe_src ms = {L, idx, n == 1};
