@@ -295,8 +295,7 @@ static int build_completions(const struct eng_api_ctx *ctx, struct eng_api_req *
 		const cJSON *el = list_of_many ? cJSON_GetArrayItem(pr, i) : pr;
 		if (list_of_many && !cJSON_IsString(el) && !cJSON_IsArray(el))
 			return fail(e, 400, "prompt", NULL, "'prompt' must be a string, a list of strings or a list of token ids");
-		cJSON *one = cJSON_Duplicate(r->body, 1);
-		cJSON_ReplaceItemInObjectCaseSensitive(one, "prompt", cJSON_Duplicate(el, 1));
+		cJSON *one = sh_prompt_one(r->body, el); /* the prompt and suffix: all it reads */
 		add_prompt(r, &cap);
 		int rc = build_one(ctx, one, SH_PROMPT_COMPLETIONS, &r->prompts[r->n_prompts - 1], "prompt", e);
 		cJSON_Delete(one);

@@ -188,8 +188,7 @@ static int too_long(struct px_req *r, int64_t limit, int64_t prompt, int64_t wan
 static int count_batch(const struct px_pool *p, const cJSON *body, const char *model, struct sh_prompt *first,
 		       int64_t *max_n, int64_t *sum_n, int64_t *np, struct sh_err *err)
 {
-	const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(body, "prompt");
-	const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(body, "suffix"), *el;
+	const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(body, "prompt"), *el;
 	int rc = SH_OK;
 
 	*max_n = *sum_n = *np = 0;
@@ -197,12 +196,9 @@ static int count_batch(const struct px_pool *p, const cJSON *body, const char *m
 	    !(cJSON_IsString(prompt->child) || cJSON_IsArray(prompt->child)))
 		return SH_DECLINED;
 	cJSON_ArrayForEach(el, prompt) {
-		cJSON *one = cJSON_CreateObject();
+		cJSON *one = sh_prompt_one(body, el);
 		struct sh_prompt pr;
 
-		cJSON_AddItemReferenceToObject(one, "prompt", (cJSON *)el);
-		if (suffix)
-			cJSON_AddItemReferenceToObject(one, "suffix", (cJSON *)suffix);
 		sh_prompt_init(&pr);
 		rc = cJSON_IsString(el) || cJSON_IsArray(el) ?
 			     sh_prompt_build(p->tok, p->chat, one, SH_PROMPT_COMPLETIONS, model, p->block, &pr, err) :

@@ -131,17 +131,6 @@ void px_conf_doc(FILE *out)
 	sh_conf_doc(keys, out, 0);
 }
 
-static int hexval(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 int px_hex_digest(const char *hex, unsigned char out[32])
 {
 	size_t i;
@@ -149,7 +138,7 @@ int px_hex_digest(const char *hex, unsigned char out[32])
 	if (strlen(hex) != 64)
 		return SH_ERR;
 	for (i = 0; i < 32; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		int hi = sh_hexval(hex[2 * i]), lo = sh_hexval(hex[2 * i + 1]);
 		if (hi < 0 || lo < 0)
 			return SH_ERR;
 		out[i] = (unsigned char)(hi << 4 | lo);

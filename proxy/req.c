@@ -388,11 +388,6 @@ int px_req_read_json(struct px_req *r)
 	return PX_NEXT;
 }
 
-static int hexval(char c)
-{
-	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 /* GET /v1/models (and /v1/models/ID): what the pools serve, with the largest context any pool
  * gives each model (vLLM's max_model_len, which Continue reads). Returns PX_NEXT (forward it) while
  * no pool knows its model yet. */
@@ -410,7 +405,7 @@ static int models_local(struct px_req *r)
 		size_t k = 0;
 		for (want = url + 11; *want && *want != '?' && k + 1 < sizeof(id); want++) {
 			int hi, lo;
-			if (*want == '%' && (hi = hexval(want[1])) >= 0 && (lo = hexval(want[2])) >= 0) {
+			if (*want == '%' && (hi = sh_hexval(want[1])) >= 0 && (lo = sh_hexval(want[2])) >= 0) {
 				id[k++] = (char)(hi * 16 + lo);
 				want += 2;
 			} else {

@@ -532,6 +532,17 @@ static int prompt_ids(struct sh_tok *tok, const cJSON *a, struct sh_tok_ids *out
 	return SH_OK;
 }
 
+cJSON *sh_prompt_one(const cJSON *body, const cJSON *el)
+{
+	cJSON *one = cJSON_CreateObject();
+	const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(body, "suffix");
+
+	cJSON_AddItemReferenceToObject(one, "prompt", (cJSON *)el);
+	if (suffix)
+		cJSON_AddItemReferenceToObject(one, "suffix", (cJSON *)suffix);
+	return one;
+}
+
 static const cJSON *field(const cJSON *o, const char *name)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);

@@ -98,6 +98,11 @@ void sh_prompt_release(struct sh_prompt *p);
  * chat may be NULL when only completions are served. Returns SH_OK, SH_PARSE (err: what is wrong
  * with the body, for a 400), SH_DECLINED (batched prompts, FIM without FIM tokens, no renderer),
  * or SH_TOOBIG (text over the tokenizer's cap). */
+/* A completions body narrowed to one element el of its prompt list: a new object referring to el
+ * (as its prompt) and to the body's suffix, all sh_prompt_build reads of SH_PROMPT_COMPLETIONS;
+ * cJSON_Delete frees it, not what it refers to. */
+cJSON *sh_prompt_one(const cJSON *body, const cJSON *el);
+
 int sh_prompt_build(struct sh_tok *tok, const struct sh_chat *chat, const cJSON *body,
 		    enum sh_prompt_kind kind, const char *model, size_t block, struct sh_prompt *out,
 		    struct sh_err *err);

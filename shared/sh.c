@@ -127,3 +127,14 @@ char *sh_read_file(const char *path, size_t cap, size_t *len, struct sh_err *err
 	*len = b.n - 1;
 	return b.p;
 }
+
+int sh_hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}

@@ -41,6 +41,9 @@ struct sh_buf {
 void sh_buf_reserve(struct sh_buf *b, size_t extra);
 void sh_buf_add(struct sh_buf *b, const void *p, size_t n);
 
+/* The value of a hex digit, or -1. */
+int sh_hexval(char c);
+
 /* The whole file at path (malloc'd, a NUL after its *len bytes); NULL with err when it cannot be
  * read or is over cap bytes. */
 char *sh_read_file(const char *path, size_t cap, size_t *len, struct sh_err *err);

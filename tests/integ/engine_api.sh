@@ -174,6 +174,9 @@ kv_eq "a 2 MB prompt: context_length_exceeded from the worker" "400 context_leng
 curl -s -o /dev/null --max-time 0.2 "http://127.0.0.1:$P/v1/completions" --data-binary "@$T/big2.json"
 sleep 1
 kv_eq "  a client gone during its parse: the engine serves on" 200 "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P/health")"
+# a list of prompts: each one as if alone
+kv_post "$P" /v1/completions '{"prompt":["hello world, this is","hello world, this is"],"max_tokens":24,"ignore_eos":true,"temperature":0}' "$T/lp" >/dev/null
+kv_eq "a list of two prompts: each as alone" "$(kv_jval "$T/c0" 'j.choices[0].text')|$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/lp" 'j.choices[0].text+"|"+j.choices[1].text')"
 # messages is an unknown field on /v1/completions: ignored, the prompt is what runs
 kv_post "$P" /v1/completions '{"prompt":"hello world, this is","max_tokens":24,"ignore_eos":true,"temperature":0,"messages":"junk"}' "$T/e12" >/dev/null
 kv_eq "completions ignore a messages field" "$(kv_jval "$T/c0" 'j.choices[0].text')" "$(kv_jval "$T/e12" 'j.choices[0].text')"
